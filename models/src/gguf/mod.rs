@@ -1,0 +1,31 @@
+//! GGUF: the file format of the models and adapters vigil reads and writes.
+//!
+//! - [`reader`]: bounds-checked parsing of v1–v3 files (memory-mapped natively, bytes in wasm);
+//! - [`writer`]: v3 files with aligned data, for adapters, merged models and test fixtures;
+//! - [`types`] and [`codec`]: ggml tensor types and their block codecs.
+
+pub mod codec;
+pub mod reader;
+pub mod types;
+pub mod value;
+pub mod writer;
+
+pub use reader::{Bytes, Gguf, TensorInfo};
+pub use types::GgmlType;
+pub use value::{Value, ValueType};
+pub use writer::GgufWriter;
+
+impl Value {
+    pub fn str_array<S: Into<String>>(items: impl IntoIterator<Item = S>) -> Value {
+        Value::Array(ValueType::String, items.into_iter().map(|s| Value::String(s.into())).collect())
+    }
+    pub fn f32_array(items: impl IntoIterator<Item = f32>) -> Value {
+        Value::Array(ValueType::F32, items.into_iter().map(Value::F32).collect())
+    }
+    pub fn i32_array(items: impl IntoIterator<Item = i32>) -> Value {
+        Value::Array(ValueType::I32, items.into_iter().map(Value::I32).collect())
+    }
+    pub fn string(s: impl Into<String>) -> Value {
+        Value::String(s.into())
+    }
+}

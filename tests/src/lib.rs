@@ -1,0 +1,1 @@
+//! Shared helpers for vigil cross-crate tests.
