@@ -96,21 +96,3 @@ mod tests {
         }
     }
 }
-
-/// For tests that need a real model: the cached file, or `None` after printing why the test is
-/// skipped. With `VIGIL_REQUIRE_MODELS=1` (set by the project's test command and CI) a missing model
-/// is a failure, so nothing is skipped silently there.
-pub fn model_for_test(name: &str) -> Option<PathBuf> {
-    if let Some(p) = cached(name) {
-        return Some(p);
-    }
-    let hint = format!(
-        "model `{name}` is not in {} — run `cargo run -p vigil-trainer --release -- fetch-model {name}`",
-        cache_dir().join("models").display()
-    );
-    if std::env::var("VIGIL_REQUIRE_MODELS").is_ok_and(|v| v == "1") {
-        panic!("{hint}");
-    }
-    eprintln!("SKIPPED: {hint}");
-    None
-}

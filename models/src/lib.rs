@@ -14,5 +14,7 @@ pub mod error;
 pub mod fsutil;
 pub mod gguf;
 pub mod tokenizer;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
 pub use error::{Error, Result};

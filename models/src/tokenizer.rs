@@ -101,7 +101,7 @@ impl Tokenizer {
             "llama" => VocabKind::SentencePiece,
             other => return Err(err(format!("vocabulary type `{other}` is not supported (vigil reads gpt2 and llama/SentencePiece)"))),
         };
-        let texts: Vec<String> = g.str_array("tokenizer.ggml.tokens")?.into_iter().map(str::to_owned).collect();
+        let texts: Vec<String> = g.str_array("tokenizer.ggml.tokens")?.to_vec();
         if texts.is_empty() || texts.len() > MAX_VOCAB {
             return Err(err(format!("vocabulary of {} tokens (expected 1..={MAX_VOCAB})", texts.len())));
         }
@@ -109,11 +109,11 @@ impl Tokenizer {
         let types: Vec<TokenType> = match g.get("tokenizer.ggml.token_type") {
             None => vec![TokenType::Normal; n],
             Some(_) => {
-                let arr = g.array("tokenizer.ggml.token_type")?;
+                let arr = g.f64_array("tokenizer.ggml.token_type")?;
                 if arr.len() != n {
                     return Err(err(format!("{} token types for {n} tokens", arr.len())));
                 }
-                arr.iter().map(|v| TokenType::from_i64(v.as_f64().unwrap_or(0.0) as i64)).collect()
+                arr.iter().map(|&v| TokenType::from_i64(v as i64)).collect()
             }
         };
         let special_id = |key: &str| -> Result<Option<u32>> {
@@ -154,11 +154,11 @@ impl Tokenizer {
             VocabKind::SentencePiece => {
                 let scores: Vec<f32> = match g.get("tokenizer.ggml.scores") {
                     Some(_) => {
-                        let arr = g.array("tokenizer.ggml.scores")?;
+                        let arr = g.f64_array("tokenizer.ggml.scores")?;
                         if arr.len() != n {
                             return Err(err(format!("{} scores for {n} tokens", arr.len())));
                         }
-                        arr.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect()
+                        arr.iter().map(|&v| v as f32).collect()
                     }
                     None => return Err(err("SentencePiece vocabulary without tokenizer.ggml.scores".into())),
                 };
@@ -365,7 +365,7 @@ fn pre_tokenizer_regexes(pre: &str) -> Option<Vec<&'static str>> {
     })
 }
 
-fn build_gpt2(texts: &[String], merges: &[&str], pre: &str) -> std::result::Result<tokenizers::Tokenizer, String> {
+fn build_gpt2(texts: &[String], merges: &[String], pre: &str) -> std::result::Result<tokenizers::Tokenizer, String> {
     let regexes = pre_tokenizer_regexes(pre).ok_or_else(|| {
         format!("pre-tokenizer `{pre}` is not supported (vigil knows gpt-2, smollm, starcoder, llama-bpe, qwen2, default)")
     })?;

@@ -2,7 +2,7 @@
 //! SmolLM2 (GPT-2 BPE) and Gemma 3 (SentencePiece) vocabularies.
 
 use serde::Deserialize;
-use vigil_models::catalog::model_for_test;
+use vigil_models::testing::model_for_test;
 use vigil_models::gguf::Gguf;
 use vigil_models::tokenizer::{TokenDecoder, Tokenizer};
 

@@ -12,18 +12,18 @@ pub mod writer;
 
 pub use reader::{Bytes, Gguf, TensorInfo};
 pub use types::GgmlType;
-pub use value::{Value, ValueType};
+pub use value::{Array, Value, ValueType};
 pub use writer::GgufWriter;
 
 impl Value {
     pub fn str_array<S: Into<String>>(items: impl IntoIterator<Item = S>) -> Value {
-        Value::Array(ValueType::String, items.into_iter().map(|s| Value::String(s.into())).collect())
+        Value::Array(Array::String(items.into_iter().map(Into::into).collect()))
     }
     pub fn f32_array(items: impl IntoIterator<Item = f32>) -> Value {
-        Value::Array(ValueType::F32, items.into_iter().map(Value::F32).collect())
+        Value::Array(Array::F32(items.into_iter().collect()))
     }
     pub fn i32_array(items: impl IntoIterator<Item = i32>) -> Value {
-        Value::Array(ValueType::I32, items.into_iter().map(Value::I32).collect())
+        Value::Array(Array::I32(items.into_iter().collect()))
     }
     pub fn string(s: impl Into<String>) -> Value {
         Value::String(s.into())

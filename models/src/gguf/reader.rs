@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::types::GgmlType;
-use super::value::{Value, ValueType};
+use super::value::{Array, Value, ValueType};
 use crate::error::{Error, Result};
 
 pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";
@@ -17,6 +17,8 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 pub const MAX_DIMS: usize = 4;
 /// Nesting limit for arrays of arrays (the spec allows them; nothing real goes deeper than 1).
 const MAX_ARRAY_DEPTH: u32 = 3;
+/// Largest up-front capacity for lists whose elements are bigger in memory than on disk.
+const INITIAL_CAP: usize = 4096;
 
 /// The bytes of a GGUF file: memory-mapped natively, owned in wasm or when given bytes.
 pub enum Bytes {
@@ -97,6 +99,11 @@ impl Gguf {
     /// Parse a GGUF held in memory (wasm, tests, bytes received over the network).
     pub fn from_bytes(name: impl Into<String>, bytes: Vec<u8>) -> Result<Self> {
         Self::parse(name.into(), Bytes::Owned(bytes))
+    }
+
+    /// Runs every check of the reader on `bytes` without keeping anything (fuzzing, validation).
+    pub fn validate(name: &str, bytes: &[u8]) -> Result<()> {
+        Reader { buf: bytes, pos: 0, file: name, version: 0 }.read_all().map(|_| ())
     }
 
     pub fn parse(name: String, bytes: Bytes) -> Result<Self> {
@@ -212,17 +219,20 @@ impl Gguf {
         }
     }
 
-    pub fn array(&self, key: &str) -> Result<&[Value]> {
+    pub fn array(&self, key: &str) -> Result<&Array> {
         let v = self.require(key)?;
         v.as_array().ok_or_else(|| self.meta_err(key, format!("expected an array, found {v}")))
     }
 
-    pub fn str_array(&self, key: &str) -> Result<Vec<&str>> {
-        self.array(key)?
-            .iter()
-            .enumerate()
-            .map(|(i, v)| v.as_str().ok_or_else(|| self.meta_err(key, format!("element {i} is not a string"))))
-            .collect()
+    pub fn str_array(&self, key: &str) -> Result<&[String]> {
+        let a = self.array(key)?;
+        a.as_strings().ok_or_else(|| self.meta_err(key, format!("expected an array of strings, found {:?} elements", a.elem_type())))
+    }
+
+    /// A numeric array as f64 values.
+    pub fn f64_array(&self, key: &str) -> Result<Vec<f64>> {
+        let a = self.array(key)?;
+        a.to_f64().ok_or_else(|| self.meta_err(key, format!("expected a numeric array, found {:?} elements", a.elem_type())))
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
@@ -337,7 +347,7 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn value(&mut self, ty: ValueType, depth: u32) -> Result<Value> {
+    fn value(&mut self, ty: ValueType) -> Result<Value> {
         Ok(match ty {
             ValueType::U8 => Value::U8(self.u8("u8 value")?),
             ValueType::I8 => Value::I8(self.u8("i8 value")? as i8),
@@ -358,22 +368,62 @@ impl<'a> Reader<'a> {
                 }
             },
             ValueType::String => Value::String(self.string("string value")?),
+            ValueType::Array => Value::Array(self.array(0)?),
+        })
+    }
+
+    /// An array (element type, count, elements). `count` is bounded by the bytes left before
+    /// anything is allocated, and numeric elements are stored unboxed.
+    fn array(&mut self, depth: u32) -> Result<Array> {
+        if depth >= MAX_ARRAY_DEPTH {
+            return Err(self.err("arrays nested too deeply"));
+        }
+        let elem_id = self.u32("array element type")?;
+        let Some(elem) = ValueType::from_id(elem_id) else {
+            self.pos -= 4;
+            return Err(self.err(format!("unknown array element type {elem_id}")));
+        };
+        let count = self.len("array length")?;
+        let n = self.check_count(count, elem.min_size(self.len_width()), "array element")?;
+        macro_rules! fixed {
+            ($variant:ident, $t:ty, $w:expr) => {{
+                let bytes = self.take(n * $w, "array elements")?;
+                Array::$variant(bytes.chunks_exact($w).map(|c| <$t>::from_le_bytes(c.try_into().unwrap())).collect())
+            }};
+        }
+        Ok(match elem {
+            ValueType::U8 => Array::U8(self.take(n, "array elements")?.to_vec()),
+            ValueType::I8 => Array::I8(self.take(n, "array elements")?.iter().map(|&b| b as i8).collect()),
+            ValueType::U16 => fixed!(U16, u16, 2),
+            ValueType::I16 => fixed!(I16, i16, 2),
+            ValueType::U32 => fixed!(U32, u32, 4),
+            ValueType::I32 => fixed!(I32, i32, 4),
+            ValueType::F32 => fixed!(F32, f32, 4),
+            ValueType::U64 => fixed!(U64, u64, 8),
+            ValueType::I64 => fixed!(I64, i64, 8),
+            ValueType::F64 => fixed!(F64, f64, 8),
+            ValueType::Bool => {
+                let start = self.pos;
+                let bytes = self.take(n, "array elements")?;
+                if let Some(i) = bytes.iter().position(|&b| b > 1) {
+                    self.pos = start + i;
+                    return Err(self.err(format!("bool array element {i} is {} (neither 0 nor 1)", bytes[i])));
+                }
+                Array::Bool(bytes.iter().map(|&b| b == 1).collect())
+            }
+            ValueType::String => {
+                let mut v = Vec::with_capacity(n.min(INITIAL_CAP));
+                for _ in 0..n {
+                    v.push(self.string("array string")?);
+                }
+                Array::String(v)
+            }
             ValueType::Array => {
-                if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.err("arrays nested too deeply"));
+                let mut v = Vec::with_capacity(n.min(INITIAL_CAP));
+                for _ in 0..n {
+                    v.push(self.array(depth + 1)?);
                 }
-                let elem_id = self.u32("array element type")?;
-                let elem = ValueType::from_id(elem_id).ok_or_else(|| {
-                    self.pos -= 4;
-                    self.err(format!("unknown array element type {elem_id}"))
-                })?;
-                let count = self.len("array length")?;
-                let count = self.check_count(count, elem.min_size(self.len_width()), "array element")?;
-                let mut items = Vec::with_capacity(count);
-                for _ in 0..count {
-                    items.push(self.value(elem, depth + 1)?);
-                }
-                Value::Array(elem, items)
+                Array::Array(v)
             }
         })
     }
@@ -398,8 +448,9 @@ impl<'a> Reader<'a> {
         let n_kv = self.check_count(n_kv, lw + 4 + 1, "metadata")?;
         let n_tensors = self.check_count(n_tensors, lw + 4 + lw + 4 + 8, "tensor")?;
 
-        let mut metadata = Vec::with_capacity(n_kv);
-        let mut seen = HashMap::with_capacity(n_kv);
+        // Initial capacities are capped: growth beyond them is paid for by bytes actually parsed.
+        let mut metadata = Vec::with_capacity(n_kv.min(INITIAL_CAP));
+        let mut seen = HashMap::with_capacity(n_kv.min(INITIAL_CAP));
         for _ in 0..n_kv {
             let at = self.pos;
             let key = self.string("metadata key")?;
@@ -408,7 +459,7 @@ impl<'a> Reader<'a> {
                 self.pos -= 4;
                 self.err(format!("metadata `{key}` has unknown value type {ty_id}"))
             })?;
-            let value = self.value(ty, 0)?;
+            let value = self.value(ty)?;
             if seen.insert(key.clone(), ()).is_some() {
                 self.pos = at;
                 return Err(self.err(format!("duplicate metadata key `{key}`")));
@@ -424,8 +475,8 @@ impl<'a> Reader<'a> {
             },
         };
 
-        let mut infos = Vec::with_capacity(n_tensors);
-        let mut names = HashMap::with_capacity(n_tensors);
+        let mut infos = Vec::with_capacity(n_tensors.min(INITIAL_CAP));
+        let mut names = HashMap::with_capacity(n_tensors.min(INITIAL_CAP));
         for _ in 0..n_tensors {
             let at = self.pos;
             let name = self.string("tensor name")?;
@@ -480,7 +531,7 @@ impl<'a> Reader<'a> {
         for (i, t) in infos.iter().enumerate() {
             let end = t.offset.checked_add(t.n_bytes).filter(|&e| e <= data_len).ok_or_else(|| Error::Gguf {
                 file: self.file.to_string(),
-                offset: data_offset + t.offset,
+                offset: data_offset.saturating_add(t.offset),
                 what: format!(
                     "tensor `{}` ({} bytes at data offset {}) runs past the end of the file ({} data bytes)",
                     t.name, t.n_bytes, t.offset, data_len
@@ -493,7 +544,7 @@ impl<'a> Reader<'a> {
             if w[1].0 < w[0].1 {
                 return Err(Error::Gguf {
                     file: self.file.to_string(),
-                    offset: data_offset + w[1].0,
+                    offset: data_offset.saturating_add(w[1].0),
                     what: format!("tensors `{}` and `{}` overlap", infos[w[0].2].name, infos[w[1].2].name),
                 });
             }

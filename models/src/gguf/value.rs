@@ -56,7 +56,98 @@ impl ValueType {
     }
 }
 
-/// One metadata value. Arrays keep their element type so an empty array round-trips exactly.
+/// A typed metadata array. Numeric arrays are stored unboxed so memory stays proportional to the
+/// bytes in the file (a header cannot make the reader allocate many times the file size).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Array {
+    U8(Vec<u8>),
+    I8(Vec<i8>),
+    U16(Vec<u16>),
+    I16(Vec<i16>),
+    U32(Vec<u32>),
+    I32(Vec<i32>),
+    F32(Vec<f32>),
+    Bool(Vec<bool>),
+    String(Vec<String>),
+    U64(Vec<u64>),
+    I64(Vec<i64>),
+    F64(Vec<f64>),
+    Array(Vec<Array>),
+}
+
+macro_rules! each_numeric {
+    ($a:expr, $v:ident => $e:expr, $other:pat => $o:expr) => {
+        match $a {
+            Array::U8($v) => $e,
+            Array::I8($v) => $e,
+            Array::U16($v) => $e,
+            Array::I16($v) => $e,
+            Array::U32($v) => $e,
+            Array::I32($v) => $e,
+            Array::F32($v) => $e,
+            Array::U64($v) => $e,
+            Array::I64($v) => $e,
+            Array::F64($v) => $e,
+            $other => $o,
+        }
+    };
+}
+
+impl Array {
+    pub fn elem_type(&self) -> ValueType {
+        match self {
+            Array::U8(_) => ValueType::U8,
+            Array::I8(_) => ValueType::I8,
+            Array::U16(_) => ValueType::U16,
+            Array::I16(_) => ValueType::I16,
+            Array::U32(_) => ValueType::U32,
+            Array::I32(_) => ValueType::I32,
+            Array::F32(_) => ValueType::F32,
+            Array::Bool(_) => ValueType::Bool,
+            Array::String(_) => ValueType::String,
+            Array::U64(_) => ValueType::U64,
+            Array::I64(_) => ValueType::I64,
+            Array::F64(_) => ValueType::F64,
+            Array::Array(_) => ValueType::Array,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Array::Bool(v) => v.len(),
+            Array::String(v) => v.len(),
+            Array::Array(v) => v.len(),
+            other => each_numeric!(other, v => v.len(), _ => unreachable!()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn as_strings(&self) -> Option<&[String]> {
+        match self {
+            Array::String(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// A numeric array as f64 values (any element type).
+    pub fn to_f64(&self) -> Option<Vec<f64>> {
+        each_numeric!(self, v => Some(v.iter().map(|&x| x as f64).collect()), _ => None)
+    }
+
+    /// An integer array as i64 values (floats are refused).
+    pub fn to_i64(&self) -> Option<Vec<i64>> {
+        match self {
+            Array::F32(_) | Array::F64(_) => None,
+            Array::U64(v) => v.iter().map(|&x| i64::try_from(x).ok()).collect(),
+            other => each_numeric!(other, v => Some(v.iter().map(|&x| x as i64).collect()), _ => None),
+        }
+    }
+}
+
+/// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     U8(u8),
@@ -68,7 +159,7 @@ pub enum Value {
     F32(f32),
     Bool(bool),
     String(String),
-    Array(ValueType, Vec<Value>),
+    Array(Array),
     U64(u64),
     I64(i64),
     F64(f64),
@@ -135,9 +226,9 @@ impl Value {
         }
     }
 
-    pub fn as_array(&self) -> Option<&[Value]> {
+    pub fn as_array(&self) -> Option<&Array> {
         match self {
-            Value::Array(_, v) => Some(v),
+            Value::Array(a) => Some(a),
             _ => None,
         }
     }
@@ -147,7 +238,7 @@ impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Value::String(s) => write!(f, "{s:?}"),
-            Value::Array(t, v) => write!(f, "[{t:?}; {}]", v.len()),
+            Value::Array(a) => write!(f, "[{:?}; {}]", a.elem_type(), a.len()),
             Value::U8(v) => write!(f, "{v}"),
             Value::I8(v) => write!(f, "{v}"),
             Value::U16(v) => write!(f, "{v}"),

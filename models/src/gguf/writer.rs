@@ -5,7 +5,7 @@ use std::io::Write;
 
 use super::reader::DEFAULT_ALIGNMENT;
 use super::types::GgmlType;
-use super::value::Value;
+use super::value::{Array, Value};
 use crate::error::{Error, Result};
 
 struct PendingTensor {
@@ -153,12 +153,31 @@ fn write_value(buf: &mut Vec<u8>, v: &Value) {
         Value::U64(x) => buf.extend_from_slice(&x.to_le_bytes()),
         Value::I64(x) => buf.extend_from_slice(&x.to_le_bytes()),
         Value::F64(x) => buf.extend_from_slice(&x.to_le_bytes()),
-        Value::Array(t, items) => {
-            buf.extend_from_slice(&(*t as u32).to_le_bytes());
-            buf.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            for it in items {
-                write_value(buf, it);
-            }
-        }
+        Value::Array(a) => write_array(buf, a),
+    }
+}
+
+fn write_array(buf: &mut Vec<u8>, a: &Array) {
+    buf.extend_from_slice(&(a.elem_type() as u32).to_le_bytes());
+    buf.extend_from_slice(&(a.len() as u64).to_le_bytes());
+    macro_rules! le {
+        ($v:expr) => {
+            $v.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes()))
+        };
+    }
+    match a {
+        Array::U8(v) => buf.extend_from_slice(v),
+        Array::I8(v) => le!(v),
+        Array::U16(v) => le!(v),
+        Array::I16(v) => le!(v),
+        Array::U32(v) => le!(v),
+        Array::I32(v) => le!(v),
+        Array::F32(v) => le!(v),
+        Array::U64(v) => le!(v),
+        Array::I64(v) => le!(v),
+        Array::F64(v) => le!(v),
+        Array::Bool(v) => v.iter().for_each(|&b| buf.push(b as u8)),
+        Array::String(v) => v.iter().for_each(|s| write_str(buf, s)),
+        Array::Array(v) => v.iter().for_each(|x| write_array(buf, x)),
     }
 }
