@@ -4,6 +4,8 @@
 Writes (paths relative to the repository root):
   models/tests/fixtures/tokenizer_ids.json   token ids of >= 50 varied strings for SmolLM2 and Gemma 3
   tests/fixtures/golden_smollm2.json         greedy continuations + logits of SmolLM2-135M-Instruct Q4_1
+                                             (llama.cpp with an f32 KV cache: the strict referee)
+  tests/fixtures/golden_smollm2_f16kv.json   the same with llama.cpp's default f16 KV cache
 
 llama.cpp is the referee. It is used through the ctypes bindings of the `llama-cpp-python` sdist, pointed
 at a llama.cpp built from the same sdist (see anchors.md for the flags this CPU needs):
@@ -106,8 +108,12 @@ def chatml(system, user):
     return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def load(path, logits_all=False):
-    return Llama(path, n_ctx=1024, n_threads=2, n_batch=512, verbose=False, logits_all=logits_all, seed=0)
+def load(path, logits_all=False, f32_attention=False):
+    # f32_attention: f32 KV cache and no flash attention, so attention runs in f32 like vigil's
+    # reference decoder. llama.cpp's defaults (f16 KV cache, flash attention accumulating P.V in
+    # f16 on CPU) move SmolLM2's logits by up to ~1 against an exact float64 forward pass.
+    extra = dict(type_k=0, type_v=0, flash_attn=False) if f32_attention else {}
+    return Llama(path, n_ctx=1024, n_threads=2, n_batch=512, verbose=False, logits_all=logits_all, seed=0, **extra)
 
 
 def tokenizer_fixture(paths):
@@ -127,8 +133,8 @@ def tokenizer_fixture(paths):
     return out
 
 
-def golden_fixture(path):
-    m = load(path, logits_all=True)
+def golden_fixture(path, f32_attention):
+    m = load(path, logits_all=True, f32_attention=f32_attention)
     prompts = [{"kind": "chatml", "system": s, "user": u, "text": chatml(s, u)} for s, u in CHATML_PROMPTS]
     prompts += [{"kind": "raw", "text": t} for t in RAW_PROMPTS]
     results = []
@@ -160,6 +166,7 @@ def golden_fixture(path):
             "first_logits_std": float(first.std()),
         })
     return {"llama_cpp_python": llama_cpp.__version__, "model": os.path.basename(path), "n_gen": N_GEN,
+            "attention": "f32 KV cache, no flash attention" if f32_attention else "llama.cpp defaults (f16 KV cache)",
             "note": "greedy; prompt evaluated as one batch, then one token per step (llama.cpp CPU, 2 threads)",
             "prompts": results}
 
@@ -171,8 +178,10 @@ def main():
     ap.add_argument("--root", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     a = ap.parse_args()
     tok = tokenizer_fixture({"smollm2": a.smollm2, "gemma3": a.gemma3})
-    gold = golden_fixture(a.smollm2)
-    for rel, obj in [("models/tests/fixtures/tokenizer_ids.json", tok), ("tests/fixtures/golden_smollm2.json", gold)]:
+    gold = golden_fixture(a.smollm2, f32_attention=True)
+    gold_default = golden_fixture(a.smollm2, f32_attention=False)
+    for rel, obj in [("models/tests/fixtures/tokenizer_ids.json", tok), ("tests/fixtures/golden_smollm2.json", gold),
+                     ("tests/fixtures/golden_smollm2_f16kv.json", gold_default)]:
         p = os.path.join(a.root, rel)
         os.makedirs(os.path.dirname(p), exist_ok=True)
         with open(p, "w", encoding="utf-8") as f:

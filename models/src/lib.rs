@@ -8,13 +8,16 @@
 //! - [`chat`]: chat templates with special-token-safe encoding of user content;
 //! - [`guard`]: the guard protocol — policies, prompts, output formats, streaming parser, verdicts.
 
+pub mod arch;
 pub mod catalog;
+pub mod cpu;
 pub mod error;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fsutil;
 pub mod gguf;
-pub mod tokenizer;
+pub mod lora;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

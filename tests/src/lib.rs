@@ -1,1 +1,1 @@
-//! Shared helpers for vigil cross-crate tests.
+//! Cross-crate tests of vigil live in `tests/tests/`; this library is intentionally empty.

@@ -142,7 +142,9 @@ impl Array {
         match self {
             Array::F32(_) | Array::F64(_) => None,
             Array::U64(v) => v.iter().map(|&x| i64::try_from(x).ok()).collect(),
-            other => each_numeric!(other, v => Some(v.iter().map(|&x| x as i64).collect()), _ => None),
+            other => {
+                each_numeric!(other, v => Some(v.iter().map(|&x| x as i64).collect()), _ => None)
+            }
         }
     }
 }

@@ -1,0 +1,187 @@
+//! The linear layer of every decoder: a frozen base weight (quantized, or dequantized to a dense
+//! tensor) plus an optional LoRA branch, y = x·Wᵀ + (α/r)·(x·Aᵀ)·Bᵀ.
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::error::{Error, Result};
+use crate::gguf::{GgmlType, Gguf, TensorInfo};
+
+/// How base weights are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightMode {
+    /// As stored in the GGUF (Q4_1, Q8_0, …), multiplied by candle's quantized kernels.
+    #[default]
+    Quantized,
+    /// Dequantized to a dense tensor of this dtype (reference runs, finite-difference tests).
+    Dense(DType),
+}
+
+pub enum BaseWeight {
+    /// Q4_0 / Q4_1 / Q8_0 read in place from the GGUF, multiplied with ggml's arithmetic.
+    Ggml(std::sync::Arc<super::fused::GgmlWeight>),
+    /// Other quantized types, through candle's kernels.
+    Quantized(QMatMul),
+    /// [out, in]
+    Dense(Tensor),
+}
+
+/// A LoRA branch: A [r, in], B [out, r], scale = α / r.
+#[derive(Clone, Debug)]
+pub struct LoraBranch {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+}
+
+pub struct Linear {
+    /// The GGUF tensor name (`blk.3.attn_q.weight`): how adapters address this layer.
+    pub name: String,
+    pub in_dim: usize,
+    pub out_dim: usize,
+    pub base: BaseWeight,
+    pub lora: Option<LoraBranch>,
+}
+
+/// ggml types candle's quantized matmul accepts.
+fn candle_dtype(ty: GgmlType) -> Option<candle_core::quantized::GgmlDType> {
+    use candle_core::quantized::GgmlDType as C;
+    Some(match ty {
+        GgmlType::F32 => C::F32,
+        GgmlType::F16 => C::F16,
+        GgmlType::BF16 => C::BF16,
+        GgmlType::Q4_0 => C::Q4_0,
+        GgmlType::Q4_1 => C::Q4_1,
+        GgmlType::Q5_0 => C::Q5_0,
+        GgmlType::Q5_1 => C::Q5_1,
+        GgmlType::Q8_0 => C::Q8_0,
+        GgmlType::Q2_K => C::Q2K,
+        GgmlType::Q3_K => C::Q3K,
+        GgmlType::Q4_K => C::Q4K,
+        GgmlType::Q5_K => C::Q5K,
+        GgmlType::Q6_K => C::Q6K,
+        GgmlType::Q8_K => C::Q8K,
+        _ => return None,
+    })
+}
+
+impl Linear {
+    /// Loads `name` from the file, checking it is a 2-D [in, out] matrix (ggml order).
+    pub fn load(
+        g: &Gguf,
+        name: &str,
+        in_dim: usize,
+        out_dim: usize,
+        mode: WeightMode,
+        dev: &Device,
+    ) -> Result<Self> {
+        let info = g.require_tensor(name)?;
+        check_dims(g, info, &[in_dim as u64, out_dim as u64])?;
+        let base = match mode {
+            WeightMode::Quantized if super::qmatmul::supported(info.ty) => {
+                BaseWeight::Ggml(std::sync::Arc::new(super::fused::GgmlWeight::new(g, info)))
+            }
+            WeightMode::Quantized => {
+                let dt = candle_dtype(info.ty).ok_or_else(|| Error::Tensor {
+                    file: g.name().into(),
+                    tensor: name.into(),
+                    what: format!("type {} is not supported by the CPU decoder", info.ty),
+                })?;
+                let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    dt,
+                    g.tensor_bytes(info),
+                    vec![out_dim, in_dim],
+                    dev,
+                )?;
+                BaseWeight::Quantized(QMatMul::from_qtensor(q)?)
+            }
+            WeightMode::Dense(dt) => {
+                let v = g.tensor_f32(name)?;
+                BaseWeight::Dense(Tensor::from_vec(v, (out_dim, in_dim), dev)?.to_dtype(dt)?)
+            }
+        };
+        Ok(Linear {
+            name: name.to_string(),
+            in_dim,
+            out_dim,
+            base,
+            lora: None,
+        })
+    }
+
+    /// A layer from a dense [out, in] tensor (tests, tiny models).
+    pub fn from_dense(name: impl Into<String>, w: Tensor) -> Result<Self> {
+        let (out_dim, in_dim) = w.dims2()?;
+        Ok(Linear {
+            name: name.into(),
+            in_dim,
+            out_dim,
+            base: BaseWeight::Dense(w),
+            lora: None,
+        })
+    }
+
+    /// A layer over a quantized tensor already in memory.
+    pub fn from_qtensor(name: impl Into<String>, q: QTensor) -> Result<Self> {
+        let (out_dim, in_dim) = q.shape().dims2()?;
+        Ok(Linear {
+            name: name.into(),
+            in_dim,
+            out_dim,
+            base: BaseWeight::Quantized(QMatMul::from_qtensor(q)?),
+            lora: None,
+        })
+    }
+
+    /// x [.., in] → [.., out]
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = match &self.base {
+            BaseWeight::Ggml(w) if x.dtype() == DType::F32 => x
+                .contiguous()?
+                .apply_op1(super::fused::QMatMul(w.clone()))?,
+            BaseWeight::Ggml(w) => {
+                x.broadcast_matmul(&w.dense(x.device())?.to_dtype(x.dtype())?.t()?)?
+            }
+            BaseWeight::Quantized(q) => q.forward(x)?,
+            BaseWeight::Dense(w) => x.broadcast_matmul(&w.t()?)?,
+        };
+        match &self.lora {
+            None => Ok(y),
+            Some(l) => {
+                let delta = x.broadcast_matmul(&l.a.t()?)?.broadcast_matmul(&l.b.t()?)?;
+                y + (delta * l.scale)?
+            }
+        }
+    }
+
+    /// Attaches (or replaces) a LoRA branch after checking its shapes against this layer.
+    pub fn set_lora(&mut self, branch: Option<LoraBranch>) -> Result<()> {
+        if let Some(l) = &branch {
+            let (r, a_in) = l.a.dims2()?;
+            let (b_out, b_r) = l.b.dims2()?;
+            if a_in != self.in_dim || b_out != self.out_dim || r != b_r || r == 0 {
+                return Err(Error::Adapter {
+                    file: String::new(),
+                    what: format!(
+                        "tensor `{}`: LoRA A is [{r}, {a_in}] and B is [{b_out}, {b_r}], but the layer is {} → {} (A must be [r, {}], B [{}, r])",
+                        self.name, self.in_dim, self.out_dim, self.in_dim, self.out_dim
+                    ),
+                });
+            }
+        }
+        self.lora = branch;
+        Ok(())
+    }
+}
+
+/// Checks a tensor's ggml dims (innermost first).
+pub(crate) fn check_dims(g: &Gguf, info: &TensorInfo, want: &[u64]) -> Result<()> {
+    if info.dims != want {
+        return Err(Error::Tensor {
+            file: g.name().into(),
+            tensor: info.name.clone(),
+            what: format!("has dims {:?}, the architecture needs {want:?}", info.dims),
+        });
+    }
+    Ok(())
+}

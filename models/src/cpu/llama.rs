@@ -1,0 +1,363 @@
+//! Llama-family decoder (SmolLM2): RMSNorm → GQA attention with RoPE → SwiGLU MLP, pre-norm residual
+//! blocks, tied or separate output head. Touvron et al., "LLaMA" (2023); GGUF tensor names as
+//! llama.cpp writes them.
+//!
+//! This is the reference decoder: every other backend is tested against it, and its ops (see
+//! [`super::ops`]) are all recorded by candle so LoRA gradients flow through it.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::cache::KvCache;
+use super::linear::{check_dims, Linear, WeightMode};
+use super::ops;
+use crate::arch::{Arch, ArchConfig};
+use crate::error::{Error, Result};
+use crate::gguf::{codec, Gguf, TensorInfo};
+use crate::lora::LoraAdapter;
+
+/// An RMSNorm weight: ggml-exact custom op for f32 inference, composed ops otherwise.
+struct Norm {
+    w: Tensor,
+    fused: super::fused::RmsNorm,
+}
+
+impl Norm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if super::fused::is_f32(x) {
+            Ok(x.contiguous()?.apply_op1(super::fused::RmsNorm {
+                w: self.fused.w.clone(),
+                eps: self.fused.eps,
+            })?)
+        } else {
+            Ok(ops::rms_norm(x, &self.w, self.fused.eps)?)
+        }
+    }
+}
+
+struct Block {
+    attn_norm: Norm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    ffn_norm: Norm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Token embedding read row by row from the (quantized) GGUF table.
+struct Embedding {
+    g: Gguf,
+    info: TensorInfo,
+    dim: usize,
+}
+
+impl Embedding {
+    fn lookup(&self, ids: &[u32], dev: &Device) -> Result<Tensor> {
+        let vocab = self.info.dims[1] as usize;
+        let mut out = vec![0f32; ids.len() * self.dim];
+        for (row, &id) in out.chunks_exact_mut(self.dim).zip(ids) {
+            if id as usize >= vocab {
+                return Err(Error::Input(format!(
+                    "token id {id} is outside the vocabulary of {vocab}"
+                )));
+            }
+            codec::dequantize_row(
+                self.info.ty,
+                self.g.tensor_bytes(&self.info),
+                self.dim,
+                id as usize,
+                row,
+            )?;
+        }
+        Ok(Tensor::from_vec(out, (1, ids.len(), self.dim), dev)?)
+    }
+}
+
+/// Which positions' logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// [vocab] of the last position (generation).
+    Last,
+    /// [t, vocab] of every position (scoring, training).
+    All,
+}
+
+pub struct Llama {
+    cfg: ArchConfig,
+    embd: Embedding,
+    blocks: Vec<Block>,
+    out_norm: Norm,
+    lm_head: Linear,
+    dev: Device,
+    adapter: Option<String>,
+}
+
+impl Llama {
+    /// Loads a llama-architecture model. Every tensor's presence and shape is checked, and each
+    /// problem names the tensor.
+    pub fn load(g: &Gguf, mode: WeightMode, dev: &Device) -> Result<Self> {
+        let cfg = ArchConfig::from_gguf(g)?;
+        if cfg.arch != Arch::Llama {
+            return Err(Error::UnsupportedArch {
+                file: g.name().into(),
+                arch: cfg.arch.name().into(),
+                supported: "llama (gemma3 and qwen2 decoders are not built yet)".into(),
+            });
+        }
+        let d = cfg.n_embd;
+        let norm = |name: &str| -> Result<Norm> {
+            let info = g.require_tensor(name)?;
+            check_dims(g, info, &[d as u64])?;
+            let w = g.tensor_f32(name)?;
+            Ok(Norm {
+                w: Tensor::from_slice(&w, d, dev)?,
+                fused: super::fused::RmsNorm {
+                    w,
+                    eps: cfg.rms_eps,
+                },
+            })
+        };
+        let embd_info = g.require_tensor("token_embd.weight")?.clone();
+        check_dims(g, &embd_info, &[d as u64, cfg.vocab_size as u64])?;
+        if !embd_info.ty.can_dequantize() {
+            return Err(Error::Tensor {
+                file: g.name().into(),
+                tensor: embd_info.name,
+                what: format!("type {} cannot be dequantized here", embd_info.ty),
+            });
+        }
+        let mut blocks = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let lin = |suffix: &str, i_dim: usize, o_dim: usize| {
+                Linear::load(
+                    g,
+                    &format!("blk.{i}.{suffix}.weight"),
+                    i_dim,
+                    o_dim,
+                    mode,
+                    dev,
+                )
+            };
+            blocks.push(Block {
+                attn_norm: norm(&format!("blk.{i}.attn_norm.weight"))?,
+                q: lin("attn_q", d, cfg.q_dim())?,
+                k: lin("attn_k", d, cfg.kv_dim())?,
+                v: lin("attn_v", d, cfg.kv_dim())?,
+                o: lin("attn_output", cfg.q_dim(), d)?,
+                ffn_norm: norm(&format!("blk.{i}.ffn_norm.weight"))?,
+                gate: lin("ffn_gate", d, cfg.n_ff)?,
+                up: lin("ffn_up", d, cfg.n_ff)?,
+                down: lin("ffn_down", cfg.n_ff, d)?,
+            });
+        }
+        let head_name = if cfg.tied_embeddings {
+            "token_embd.weight"
+        } else {
+            "output.weight"
+        };
+        // The output head is always quantized-capable; in dense mode it is dense too.
+        let lm_head = Linear::load(g, head_name, d, cfg.vocab_size, mode, dev)?;
+        Ok(Llama {
+            out_norm: norm("output_norm.weight")?,
+            embd: Embedding {
+                g: g.clone(),
+                info: embd_info,
+                dim: d,
+            },
+            blocks,
+            lm_head,
+            dev: dev.clone(),
+            adapter: None,
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &ArchConfig {
+        &self.cfg
+    }
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    /// A KV cache for up to `capacity` positions (at most the model's context length).
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(self.cfg.n_layer, capacity.min(self.cfg.context_length))
+    }
+
+    /// The adapted linear layers: (GGUF tensor name, in, out) for every LoRA target.
+    pub fn lora_targets(&self) -> Vec<(String, usize, usize)> {
+        self.linears()
+            .map(|l| (l.name.clone(), l.in_dim, l.out_dim))
+            .collect()
+    }
+
+    fn linears(&self) -> impl Iterator<Item = &Linear> {
+        self.blocks
+            .iter()
+            .flat_map(|b| [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down])
+    }
+
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.blocks.iter_mut().flat_map(|b| {
+            [
+                &mut b.q,
+                &mut b.k,
+                &mut b.v,
+                &mut b.o,
+                &mut b.gate,
+                &mut b.up,
+                &mut b.down,
+            ]
+        })
+    }
+
+    /// Name of the attached adapter, if any.
+    pub fn adapter(&self) -> Option<&str> {
+        self.adapter.as_deref()
+    }
+
+    /// Attaches an adapter (replacing any other) or, with `None`, removes it. The base weights are
+    /// untouched, so adapters swap without reloading. Nothing changes if the adapter does not fit.
+    pub fn set_adapter(&mut self, adapter: Option<&LoraAdapter>) -> Result<()> {
+        let Some(a) = adapter else {
+            for l in self.linears_mut() {
+                l.lora = None;
+            }
+            self.adapter = None;
+            return Ok(());
+        };
+        let err = |what: String| Error::Adapter {
+            file: a.name.clone(),
+            what,
+        };
+        if a.arch != self.cfg.arch.name() {
+            return Err(err(format!(
+                "was trained for architecture `{}`, the base model is `{}`",
+                a.arch,
+                self.cfg.arch.name()
+            )));
+        }
+        let targets: std::collections::HashMap<String, (usize, usize)> = self
+            .lora_targets()
+            .into_iter()
+            .map(|(n, i, o)| (n, (i, o)))
+            .collect();
+        for (name, p) in &a.pairs {
+            let Some(&(i, o)) = targets.get(name) else {
+                return Err(err(format!(
+                    "tensor `{name}` is not a LoRA target of this base model"
+                )));
+            };
+            if (p.in_dim, p.out_dim) != (i, o) {
+                return Err(err(format!(
+                    "tensor `{name}` adapts {} → {}, the base layer is {i} → {o}",
+                    p.in_dim, p.out_dim
+                )));
+            }
+        }
+        let dev = self.dev.clone();
+        let mut branches = Vec::new();
+        for l in self.linears() {
+            let b = match a.pairs.get(&l.name) {
+                None => None,
+                Some(p) => Some(super::linear::LoraBranch {
+                    a: Tensor::from_vec(p.a.clone(), (p.r, p.in_dim), &dev)?,
+                    b: Tensor::from_vec(p.b.clone(), (p.out_dim, p.r), &dev)?,
+                    scale: a.scale(p.r),
+                }),
+            };
+            branches.push(b);
+        }
+        for (l, b) in self.linears_mut().zip(branches) {
+            l.set_lora(b).map_err(|e| match e {
+                Error::Adapter { what, .. } => Error::Adapter {
+                    file: a.name.clone(),
+                    what,
+                },
+                e => e,
+            })?;
+        }
+        self.adapter = Some(a.name.clone());
+        Ok(())
+    }
+
+    /// Runs `tokens` through the decoder. With a cache, they continue the cached sequence (and are
+    /// appended to it); without one, they are a whole sequence on their own.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: Option<&mut KvCache>,
+        which: Logits,
+    ) -> Result<Tensor> {
+        let h = self.hidden(tokens, cache)?;
+        let h = match which {
+            Logits::Last => h.narrow(1, tokens.len() - 1, 1)?,
+            Logits::All => h,
+        };
+        let logits = self.lm_head.forward(&h)?;
+        Ok(match which {
+            Logits::Last => logits.flatten_all()?,
+            Logits::All => logits.squeeze(0)?,
+        })
+    }
+
+    /// Final-norm hidden states [1, t, d].
+    pub fn hidden(&self, tokens: &[u32], mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let t = tokens.len();
+        if t == 0 {
+            return Err(Error::Input("no tokens to run".into()));
+        }
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        let limit = cache
+            .as_ref()
+            .map_or(self.cfg.context_length, |c| c.capacity());
+        if start + t > limit {
+            return Err(Error::Input(format!(
+                "{} tokens ({start} cached + {t} new) exceed the context of {limit}",
+                start + t
+            )));
+        }
+        let cfg = &self.cfg;
+        let (hd, nh, nkv) = (cfg.head_dim, cfg.n_head, cfg.n_head_kv);
+        let mut x = self.embd.lookup(tokens, &self.dev)?;
+        let (cos, sin) = ops::rope_tables(cfg.rope_base, cfg.rope_dim, start, t, &self.dev)?;
+        let mask = if t > 1 {
+            Some(ops::causal_mask(t, start, None, &self.dev)?)
+        } else {
+            None
+        };
+        let scale = 1.0 / (hd as f64).sqrt();
+        for (il, b) in self.blocks.iter().enumerate() {
+            let h = b.attn_norm.forward(&x)?;
+            let heads =
+                |y: Tensor, n: usize| y.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous();
+            let q = ops::rope(&heads(b.q.forward(&h)?, nh)?, &cos, &sin, cfg.rope_style)?;
+            let k = ops::rope(&heads(b.k.forward(&h)?, nkv)?, &cos, &sin, cfg.rope_style)?;
+            let v = heads(b.v.forward(&h)?, nkv)?;
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => c.append(il, &k, &v)?,
+                None => (k, v),
+            };
+            let a = ops::attention(&q, &k, &v, mask.as_ref(), scale)?;
+            let a = a.transpose(1, 2)?.reshape((1, t, nh * hd))?;
+            x = (x + b.o.forward(&a)?)?;
+            let h = b.ffn_norm.forward(&x)?;
+            let m = ops::gated(&b.gate.forward(&h)?, &b.up.forward(&h)?, cfg.activation)?;
+            x = (x + b.down.forward(&m)?)?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        self.out_norm.forward(&x)
+    }
+
+    /// Logits as an f32 vector (for sampling).
+    pub fn logits_vec(logits: &Tensor) -> Result<Vec<f32>> {
+        Ok(logits
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
+}

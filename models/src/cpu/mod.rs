@@ -1,0 +1,21 @@
+//! The candle CPU decoder: the reference implementation every other backend is compared with.
+//!
+//! - [`llama`]: the llama-family decoder (SmolLM2);
+//! - [`linear`]: the linear layer with its optional LoRA branch;
+//! - [`ops`]: decoder ops built from candle's recorded (differentiable) tensor ops;
+//! - [`qmatmul`] and [`fused`]: quantized matmul and RMSNorm with ggml's exact arithmetic, as
+//!   candle custom ops with backward passes;
+//! - [`cache`]: the KV cache; [`sampling`]: greedy / temperature / top-k / top-p.
+
+pub mod cache;
+pub mod fused;
+pub mod linear;
+pub mod llama;
+pub mod ops;
+pub mod qmatmul;
+pub mod sampling;
+
+pub use cache::KvCache;
+pub use linear::{Linear, WeightMode};
+pub use llama::{Llama, Logits};
+pub use sampling::{Sampler, SamplingParams};

@@ -1,0 +1,239 @@
+//! Decoder ops written with candle's basic tensor ops only. Every op here is recorded for backprop
+//! (candle's fused `rms_norm`, `softmax_last_dim`, `rope*` and `sdpa` are not), so the same model
+//! code serves inference and LoRA training.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+use crate::arch::RopeStyle;
+
+/// RMSNorm over the last dimension: x / sqrt(mean(x²) + eps) · w.
+/// Shapes: x [.., n], w [n].
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (ms + eps as f64)?.sqrt()?.recip()?;
+    x.broadcast_mul(&inv)?.broadcast_mul(w)
+}
+
+/// Softmax over the last dimension, max-subtracted for stability.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&m)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    e.broadcast_div(&s)
+}
+
+/// Cos/sin tables for positions `[start, start + len)`, each [len, rope_dim / 2].
+///
+/// Angles follow ggml's recurrence (θ₀ = p, θᵢ₊₁ = θᵢ · base^(−2/d) in f32) so positions rotate
+/// exactly as llama.cpp rotates them.
+pub fn rope_tables(
+    base: f32,
+    rope_dim: usize,
+    start: usize,
+    len: usize,
+    dev: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let half = rope_dim / 2;
+    let scale = base.powf(-2.0 / rope_dim as f32);
+    let mut cos = Vec::with_capacity(len * half);
+    let mut sin = Vec::with_capacity(len * half);
+    for p in start..start + len {
+        let mut theta = p as f32;
+        for _ in 0..half {
+            cos.push(theta.cos());
+            sin.push(theta.sin());
+            theta *= scale;
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (len, half), dev)?,
+        Tensor::from_vec(sin, (len, half), dev)?,
+    ))
+}
+
+/// Rotary embedding of x [b, h, t, d] with tables [t, rope_dim/2]; dims past rope_dim pass through.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    let half = cos.dim(1)?;
+    let rd = 2 * half;
+    let (xr, pass) = if rd == d {
+        (x.clone(), None)
+    } else {
+        (x.narrow(3, 0, rd)?, Some(x.narrow(3, rd, d - rd)?))
+    };
+    let out = match style {
+        RopeStyle::Interleaved => {
+            let xr = xr.reshape((b, h, t, half, 2))?;
+            let x0 = xr.narrow(4, 0, 1)?;
+            let x1 = xr.narrow(4, 1, 1)?;
+            let c = cos.reshape((1, 1, t, half, 1))?;
+            let s = sin.reshape((1, 1, t, half, 1))?;
+            let y0 = (x0.broadcast_mul(&c)? - x1.broadcast_mul(&s)?)?;
+            let y1 = (x0.broadcast_mul(&s)? + x1.broadcast_mul(&c)?)?;
+            Tensor::cat(&[y0, y1], 4)?.reshape((b, h, t, rd))?
+        }
+        RopeStyle::Neox => {
+            let x0 = xr.narrow(3, 0, half)?;
+            let x1 = xr.narrow(3, half, half)?;
+            let c = cos.reshape((1, 1, t, half))?;
+            let s = sin.reshape((1, 1, t, half))?;
+            let y0 = (x0.broadcast_mul(&c)? - x1.broadcast_mul(&s)?)?;
+            let y1 = (x1.broadcast_mul(&c)? + x0.broadcast_mul(&s)?)?;
+            Tensor::cat(&[y0, y1], 3)?
+        }
+    };
+    match pass {
+        None => Ok(out),
+        Some(p) => Tensor::cat(&[out, p], 3),
+    }
+}
+
+/// Additive causal mask for `t` queries at positions `[start, start + t)` over `start + t` keys,
+/// optionally limited to a sliding window. Shape [t, start + t].
+pub fn causal_mask(t: usize, start: usize, window: Option<usize>, dev: &Device) -> Result<Tensor> {
+    let l = start + t;
+    let mut m = vec![0f32; t * l];
+    for i in 0..t {
+        let q = start + i;
+        for (k, v) in m[i * l..(i + 1) * l].iter_mut().enumerate() {
+            let visible = k <= q && window.is_none_or(|w| q - k < w);
+            if !visible {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Tensor::from_vec(m, (t, l), dev)
+}
+
+/// Scaled dot-product attention with grouped KV heads.
+/// q [b, h, t, d]; k, v [b, h_kv, l, d]; mask [t, l] (additive) or None → [b, h, t, d].
+/// Query heads are grouped onto their KV head by reshaping (no copies of K/V per head).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let h_kv = k.dim(1)?;
+    let rep = h / h_kv;
+    let qg = q.reshape((b, h_kv, rep * t, d))?;
+    let scores = (qg.matmul(&k.t()?)? * scale)?; // [b, h_kv, rep*t, l]
+    let scores = match mask {
+        None => scores,
+        Some(m) => {
+            let l = m.dim(1)?;
+            let m = m
+                .unsqueeze(0)?
+                .broadcast_as((rep, t, l))?
+                .reshape((rep * t, l))?;
+            scores.broadcast_add(&m)?
+        }
+    };
+    let probs = softmax_last(&scores)?;
+    probs.matmul(v)?.reshape((b, h, t, d))
+}
+
+/// SwiGLU / GeGLU gate: act(gate) · up.
+pub fn gated(gate: &Tensor, up: &Tensor, act: crate::arch::Activation) -> Result<Tensor> {
+    let g = match act {
+        crate::arch::Activation::Silu => silu(gate)?,
+        crate::arch::Activation::GeluTanh => gate.gelu()?,
+    };
+    g * up
+}
+
+/// x · sigmoid(x), from recorded ops (candle's `silu` unary is recorded too; this keeps it explicit).
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    let s = (x.neg()?.exp()? + 1.0)?.recip()?;
+    x * s
+}
+
+/// f32 copy of a tensor's values (any dtype).
+pub fn to_f32_vec(x: &Tensor) -> Result<Vec<f32>> {
+    x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[f32], shape: &[usize]) -> Tensor {
+        Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn rms_norm_matches_definition() {
+        let x = t(&[1.0, 2.0, 3.0, -4.0], &[1, 4]);
+        let w = t(&[1.0, 0.5, 2.0, 1.0], &[4]);
+        let y = to_f32_vec(&rms_norm(&x, &w, 1e-5).unwrap()).unwrap();
+        let r = (30.0f32 / 4.0 + 1e-5).sqrt();
+        let want = [1.0 / r, 1.0 / r, 6.0 / r, -4.0 / r];
+        for (a, b) in y.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_handle_neg_inf() {
+        let x = t(
+            &[1.0, 2.0, f32::NEG_INFINITY, 1000.0, 1000.0, 1000.0],
+            &[2, 3],
+        );
+        let y = to_f32_vec(&softmax_last(&x).unwrap()).unwrap();
+        assert!((y[0] + y[1] - 1.0).abs() < 1e-6 && y[2] == 0.0);
+        assert!((y[3] - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rope_rotates_pairs_by_position() {
+        // one head, two positions, d = 4; position 0 is the identity
+        let x = t(&[1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0], &[1, 1, 2, 4]);
+        let (c, s) = rope_tables(10_000.0, 4, 0, 2, &Device::Cpu).unwrap();
+        let y = to_f32_vec(&rope(&x, &c, &s, RopeStyle::Interleaved).unwrap()).unwrap();
+        assert_eq!(&y[..4], &[1.0, 0.0, 0.0, 1.0]);
+        // position 1, pair 0 rotates by 1 rad: (1,0) -> (cos1, sin1)
+        assert!((y[4] - 1f32.cos()).abs() < 1e-6 && (y[5] - 1f32.sin()).abs() < 1e-6);
+        // pair 1 rotates by 1/100 rad: (0,1) -> (-sin, cos)
+        assert!((y[6] + 0.01f32.sin()).abs() < 1e-6 && (y[7] - 0.01f32.cos()).abs() < 1e-6);
+        // NeoX pairs (i, i + d/2): (x0, x2) = (1, 0) at position 1 -> (cos1, sin1)
+        let y = to_f32_vec(&rope(&x, &c, &s, RopeStyle::Neox).unwrap()).unwrap();
+        assert!((y[4] - 1f32.cos()).abs() < 1e-6 && (y[6] - 1f32.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn causal_mask_with_offset_and_window() {
+        let m = to_f32_vec(&causal_mask(2, 3, None, &Device::Cpu).unwrap()).unwrap();
+        let vis: Vec<bool> = m.iter().map(|v| v.is_finite()).collect();
+        assert_eq!(
+            vis,
+            [true, true, true, true, false, true, true, true, true, true]
+        );
+        let m = to_f32_vec(&causal_mask(1, 4, Some(2), &Device::Cpu).unwrap()).unwrap();
+        let vis: Vec<bool> = m.iter().map(|v| v.is_finite()).collect();
+        assert_eq!(vis, [false, false, false, true, true]);
+    }
+
+    #[test]
+    fn grouped_attention_equals_repeated_heads() {
+        // 4 query heads over 2 KV heads: heads 0,1 use kv 0; heads 2,3 use kv 1
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (1, 4, 3, 8), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (1, 2, 3, 8), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (1, 2, 3, 8), &dev).unwrap();
+        let mask = causal_mask(3, 0, None, &dev).unwrap();
+        let got = attention(&q, &k, &v, Some(&mask), 0.3).unwrap();
+        for head in 0..4 {
+            let qh = q.narrow(1, head, 1).unwrap();
+            let kh = k.narrow(1, head / 2, 1).unwrap();
+            let vh = v.narrow(1, head / 2, 1).unwrap();
+            let want = attention(&qh, &kh, &vh, Some(&mask), 0.3).unwrap();
+            let g = to_f32_vec(&got.narrow(1, head, 1).unwrap()).unwrap();
+            let w = to_f32_vec(&want).unwrap();
+            for (a, b) in g.iter().zip(&w) {
+                assert!((a - b).abs() < 1e-5, "head {head}");
+            }
+        }
+    }
+}

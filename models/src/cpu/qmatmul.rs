@@ -1,0 +1,324 @@
+//! Quantized matrix multiplication for the CPU decoder: W [out, in] in GGUF block layout times
+//! activations [m, in] → [m, out], with ggml's x86 arithmetic reproduced bit for bit.
+//!
+//! Activations are quantized per 32-value block to 8 bits the way ggml's AVX2 `quantize_row_q8_0`
+//! / `quantize_row_q8_1` do (scale max|x|/127 stored as f16, multiplier 127/max, round half to
+//! even). A block dot product keeps 8 f32 lanes, each the exact integer sum of 4 consecutive
+//! products, accumulated with a fused multiply-add of `d_w·d_x`, then summed horizontally in ggml's
+//! order. Matching ggml's arithmetic matters because 8-bit activation rounding is discontinuous: a
+//! 1-ulp difference anywhere can flip roundings downstream and move SmolLM2's logits by ~0.5.
+//!
+//! An AVX2+FMA path is chosen at run time; the portable path computes exactly the same values.
+
+use half::f16;
+
+use crate::gguf::GgmlType;
+
+/// Weight formats with a kernel here.
+pub fn supported(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+}
+
+/// 8-bit activation block (ggml `block_q8_1`; `s = d·Σq` is only used against Q4_1).
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+pub struct Q8Block {
+    pub d: f32,
+    pub s: f32,
+    pub qs: [i8; 32],
+}
+
+/// Quantizes one row (length a multiple of 32) as ggml's AVX2 `quantize_row_q8_1` does.
+pub fn quantize_row_q8(x: &[f32], out: &mut [Q8Block]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            let r = (v * id).round_ties_even() as i32;
+            *q = r as i8;
+            sum += r;
+        }
+        b.d = f16::from_f32(d).to_f32();
+        b.s = f16::from_f32(d * sum as f32).to_f32();
+    }
+}
+
+/// ggml's `hsum_float_8`: (lanes i + i+4), then (0+2, 1+3), then 0+1.
+#[inline(always)]
+fn hsum8(a: [f32; 8]) -> f32 {
+    let r = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+    let r = [r[0] + r[2], r[1] + r[3]];
+    r[0] + r[1]
+}
+
+/// Weight bytes of one row of `k` values.
+fn row_bytes(ty: GgmlType, k: usize) -> usize {
+    k / 32 * ty.type_size()
+}
+
+/// One output: dot of a weight row with a quantized activation row (portable path).
+fn dot_portable(ty: GgmlType, w: &[u8], x: &[Q8Block]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut summs = 0f32;
+    let ts = ty.type_size();
+    for (wb, xb) in w.chunks_exact(ts).zip(x) {
+        let wd = f16::from_le_bytes([wb[0], wb[1]]).to_f32();
+        let mut q = [0i32; 32];
+        match ty {
+            GgmlType::Q4_0 => {
+                for j in 0..16 {
+                    q[j] = (wb[2 + j] & 0x0f) as i32 - 8;
+                    q[j + 16] = (wb[2 + j] >> 4) as i32 - 8;
+                }
+            }
+            GgmlType::Q4_1 => {
+                summs += f16::from_le_bytes([wb[2], wb[3]]).to_f32() * xb.s;
+                for j in 0..16 {
+                    q[j] = (wb[4 + j] & 0x0f) as i32;
+                    q[j + 16] = (wb[4 + j] >> 4) as i32;
+                }
+            }
+            GgmlType::Q8_0 => {
+                for j in 0..32 {
+                    q[j] = wb[2 + j] as i8 as i32;
+                }
+            }
+            _ => unreachable!(),
+        }
+        let d = wd * xb.d;
+        for (l, a) in acc.iter_mut().enumerate() {
+            let s: i32 = (4 * l..4 * l + 4).map(|e| q[e] * xb.qs[e] as i32).sum();
+            *a = d.mul_add(s as f32, *a);
+        }
+    }
+    hsum8(acc) + summs
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{hsum8, Q8Block};
+    use crate::gguf::GgmlType;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn f16_at(b: *const u8) -> f32 {
+        half::f16::from_bits(u16::from_le_bytes([*b, *b.add(1)])).to_f32()
+    }
+
+    /// 16 bytes of nibbles → 32 bytes: low nibbles (elements 0..16) then high (16..32).
+    #[inline(always)]
+    unsafe fn nibbles(p: *const u8) -> __m256i {
+        let v = _mm_loadu_si128(p as *const __m128i);
+        let both = _mm256_insertf128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1);
+        _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+    }
+
+    /// 8 i32 lanes, lane l = Σ_{e=4l..4l+4} u[e]·s[e] (u unsigned bytes, s signed), as f32.
+    #[inline(always)]
+    unsafe fn lanes_us(u: __m256i, s: __m256i) -> __m256 {
+        let pairs = _mm256_maddubs_epi16(u, s);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(ty: GgmlType, w: &[u8], x: &[Q8Block]) -> f32 {
+        let ts = ty.type_size();
+        let mut acc = _mm256_setzero_ps();
+        let mut summs = 0f32;
+        for (i, xb) in x.iter().enumerate() {
+            let wb = w.as_ptr().add(i * ts);
+            let qy = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+            let wd = f16_at(wb);
+            let lanes = match ty {
+                GgmlType::Q4_0 => {
+                    // (q - 8)·y: apply the sign of (q-8) to y and multiply by |q-8| (as ggml)
+                    let qx = _mm256_sub_epi8(nibbles(wb.add(2)), _mm256_set1_epi8(8));
+                    lanes_us(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx))
+                }
+                GgmlType::Q4_1 => {
+                    summs += f16_at(wb.add(2)) * xb.s;
+                    lanes_us(nibbles(wb.add(4)), qy)
+                }
+                GgmlType::Q8_0 => {
+                    let qx = _mm256_loadu_si256(wb.add(2) as *const __m256i);
+                    lanes_us(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx))
+                }
+                _ => unreachable!(),
+            };
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(wd * xb.d), lanes, acc);
+        }
+        let mut a = [0f32; 8];
+        _mm256_storeu_ps(a.as_mut_ptr(), acc);
+        hsum8(a) + summs
+    }
+}
+
+/// True when the AVX2 kernels can run on this CPU.
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// y[m, n] = x[m, k] · Wᵀ where W is `n` rows of `k` values in `ty` blocks.
+pub fn matmul(ty: GgmlType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
+    assert!(
+        supported(ty)
+            && k % 32 == 0
+            && w.len() == n * row_bytes(ty, k)
+            && x.len() == m * k
+            && y.len() == m * n
+    );
+    let nb = k / 32;
+    let mut xq = vec![Q8Block::default(); m * nb];
+    for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(nb)) {
+        quantize_row_q8(row, q);
+    }
+    let rb = row_bytes(ty, k);
+    let use_avx2 = has_avx2();
+    let dot = |wr: &[u8], xr: &[Q8Block]| -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if use_avx2 {
+            // SAFETY: the CPU supports AVX2 and FMA (checked above); slices hold whole blocks.
+            return unsafe { avx2::dot(ty, wr, xr) };
+        }
+        let _ = use_avx2;
+        dot_portable(ty, wr, xr)
+    };
+    // Parallel over output columns (weight rows): each thread streams its share of W once for
+    // all m activation rows.
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = n.div_ceil(threads).max(16);
+    let cols: Vec<(usize, Vec<f32>)> = {
+        use rayon::prelude::*;
+        (0..n.div_ceil(chunk))
+            .into_par_iter()
+            .map(|c| {
+                let (c0, c1) = (c * chunk, ((c + 1) * chunk).min(n));
+                let mut part = vec![0f32; m * (c1 - c0)];
+                for j in c0..c1 {
+                    let wr = &w[j * rb..(j + 1) * rb];
+                    for i in 0..m {
+                        part[i * (c1 - c0) + (j - c0)] = dot(wr, &xq[i * nb..(i + 1) * nb]);
+                    }
+                }
+                (c0, part)
+            })
+            .collect()
+    };
+    for (c0, part) in cols {
+        let width = part.len() / m;
+        for i in 0..m {
+            y[i * n + c0..i * n + c0 + width].copy_from_slice(&part[i * width..(i + 1) * width]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::codec;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|i| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                let v = ((s >> 8) as f32 / 16_777_216.0 - 0.5) * 2.0;
+                if i % 97 == 0 {
+                    v * 40.0
+                } else {
+                    v
+                } // outliers, like real activations
+            })
+            .collect()
+    }
+
+    #[test]
+    fn simd_and_portable_paths_agree_bit_for_bit() {
+        if !has_avx2() {
+            eprintln!("no AVX2 here: only the portable path is exercised");
+            return;
+        }
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let (n, k) = (7, 96);
+            let w = codec::quantize(ty, &data(n * k, 1)).unwrap();
+            let mut xq = vec![Q8Block::default(); k / 32];
+            quantize_row_q8(&data(k, 2), &mut xq);
+            for j in 0..n {
+                let wr = &w[j * row_bytes(ty, k)..(j + 1) * row_bytes(ty, k)];
+                let a = dot_portable(ty, wr, &xq);
+                #[cfg(target_arch = "x86_64")]
+                let b = unsafe { avx2::dot(ty, wr, &xq) };
+                #[cfg(not(target_arch = "x86_64"))]
+                let b = a;
+                assert_eq!(a.to_bits(), b.to_bits(), "{ty} row {j}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// The kernel computes Σ dequant(x̂)·dequant(W) where x̂ is the 8-bit activation: checked against
+    /// that sum done in f64 (the only differences left are f32 rounding).
+    #[test]
+    fn matmul_equals_the_product_of_dequantized_operands() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let (m, n, k) = (3, 37, 128);
+            let w = codec::quantize(ty, &data(n * k, 3)).unwrap();
+            let mut wf = vec![0f32; n * k];
+            codec::dequantize(ty, &w, &mut wf).unwrap();
+            let x = data(m * k, 4);
+            let mut y = vec![0f32; m * n];
+            matmul(ty, &w, n, k, &x, m, &mut y);
+            for i in 0..m {
+                let mut xq = vec![Q8Block::default(); k / 32];
+                quantize_row_q8(&x[i * k..(i + 1) * k], &mut xq);
+                for j in 0..n {
+                    let mut exact = 0f64;
+                    let mut scale = 0f64;
+                    for (b, xb) in xq.iter().enumerate() {
+                        for e in 0..32 {
+                            let wv = wf[j * k + b * 32 + e] as f64;
+                            let xv = xb.qs[e] as f64 * xb.d as f64;
+                            exact += xv * wv;
+                            scale += (xv * wv).abs();
+                        }
+                        if ty == GgmlType::Q4_1 {
+                            // ggml uses the stored s = f16(d·Σq) for the min term m·d·Σq
+                            let off = (j * (k / 32) + b) * 20;
+                            let wm = f16::from_le_bytes([w[off + 2], w[off + 3]]).to_f32() as f64;
+                            let sum_q: i32 = xb.qs.iter().map(|&q| q as i32).sum();
+                            exact += wm * (xb.s as f64 - xb.d as f64 * sum_q as f64);
+                        }
+                    }
+                    let got = y[i * n + j] as f64;
+                    assert!(
+                        (got - exact).abs() <= 1e-5 * scale + 1e-4,
+                        "{ty} ({i},{j}): {got} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn activation_quantization_rounds_half_to_even() {
+        // 127/amax = 1 → values are rounded as they are
+        let mut x = [0f32; 32];
+        x[0] = 127.0;
+        x[1] = 2.5;
+        x[2] = -2.5;
+        x[3] = 3.5;
+        let mut q = [Q8Block::default()];
+        quantize_row_q8(&x, &mut q);
+        assert_eq!(&q[0].qs[..4], &[127, 2, -2, 4]);
+        assert_eq!(q[0].d, 1.0);
+        assert_eq!(q[0].s, 131.0);
+    }
+}
