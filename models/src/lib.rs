@@ -10,11 +10,13 @@
 
 pub mod arch;
 pub mod catalog;
+pub mod chat;
 pub mod cpu;
 pub mod error;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fsutil;
 pub mod gguf;
+pub mod guard;
 pub mod lora;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
