@@ -59,9 +59,11 @@ impl TensorInfo {
     }
 }
 
-/// A parsed GGUF file. Cheap to clone (the bytes are shared).
+/// A parsed GGUF file. Cheap to clone: metadata, tensor infos and bytes are shared.
 #[derive(Clone)]
-pub struct Gguf {
+pub struct Gguf(Arc<Inner>);
+
+struct Inner {
     name: String,
     version: u32,
     metadata: Vec<(String, Value)>,
@@ -70,16 +72,16 @@ pub struct Gguf {
     tensor_index: HashMap<String, usize>,
     alignment: u64,
     data_offset: u64,
-    bytes: Arc<Bytes>,
+    bytes: Bytes,
 }
 
 impl std::fmt::Debug for Gguf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gguf")
-            .field("name", &self.name)
-            .field("version", &self.version)
-            .field("metadata", &self.metadata.len())
-            .field("tensors", &self.tensors.len())
+            .field("name", &self.0.name)
+            .field("version", &self.0.version)
+            .field("metadata", &self.0.metadata.len())
+            .field("tensors", &self.0.tensors.len())
             .finish()
     }
 }
@@ -134,49 +136,39 @@ impl Gguf {
             .enumerate()
             .map(|(i, t)| (t.name.clone(), i))
             .collect();
-        Ok(Gguf {
-            name,
-            version,
-            metadata,
-            meta_index,
-            tensors,
-            tensor_index,
-            alignment,
-            data_offset,
-            bytes: Arc::new(bytes),
-        })
+        Ok(Gguf(Arc::new(Inner { name, version, metadata, meta_index, tensors, tensor_index, alignment, data_offset, bytes })))
     }
 
     /// The file name used in error messages.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
     pub fn version(&self) -> u32 {
-        self.version
+        self.0.version
     }
     pub fn alignment(&self) -> u64 {
-        self.alignment
+        self.0.alignment
     }
     pub fn data_offset(&self) -> u64 {
-        self.data_offset
+        self.0.data_offset
     }
     pub fn metadata(&self) -> &[(String, Value)] {
-        &self.metadata
+        &self.0.metadata
     }
     pub fn tensors(&self) -> &[TensorInfo] {
-        &self.tensors
+        &self.0.tensors
     }
     pub fn file_len(&self) -> u64 {
-        self.bytes.len() as u64
+        self.0.bytes.len() as u64
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.meta_index.get(key).map(|&i| &self.metadata[i].1)
+        self.0.meta_index.get(key).map(|&i| &self.0.metadata[i].1)
     }
 
     fn meta_err(&self, key: &str, what: impl Into<String>) -> Error {
         Error::Metadata {
-            file: self.name.clone(),
+            file: self.0.name.clone(),
             key: key.to_string(),
             what: what.into(),
         }
@@ -281,12 +273,12 @@ impl Gguf {
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensor_index.get(name).map(|&i| &self.tensors[i])
+        self.0.tensor_index.get(name).map(|&i| &self.0.tensors[i])
     }
 
     pub fn require_tensor(&self, name: &str) -> Result<&TensorInfo> {
         self.tensor(name).ok_or_else(|| Error::Tensor {
-            file: self.name.clone(),
+            file: self.0.name.clone(),
             tensor: name.to_string(),
             what: "missing".into(),
         })
@@ -294,8 +286,8 @@ impl Gguf {
 
     /// The raw (possibly quantized) bytes of a tensor. Bounds were checked when the file was parsed.
     pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
-        let start = (self.data_offset + info.offset) as usize;
-        &self.bytes[start..start + info.n_bytes as usize]
+        let start = (self.0.data_offset + info.offset) as usize;
+        &self.0.bytes[start..start + info.n_bytes as usize]
     }
 
     /// A tensor dequantized to f32, in storage order.
@@ -304,7 +296,7 @@ impl Gguf {
         let mut out = vec![0f32; info.n_elements() as usize];
         super::codec::dequantize(info.ty, self.tensor_bytes(info), &mut out).map_err(|e| {
             Error::Tensor {
-                file: self.name.clone(),
+                file: self.0.name.clone(),
                 tensor: name.to_string(),
                 what: e.to_string(),
             }

@@ -1,0 +1,51 @@
+//! The CPU backend: vigil's candle decoder with a KV cache.
+
+use candle_core::Device;
+use vigil_models::cpu::{KvCache, Llama, Logits, WeightMode};
+use vigil_models::gguf::Gguf;
+use vigil_models::lora::LoraAdapter;
+use vigil_models::Result;
+
+use super::Backend;
+
+pub struct CpuBackend {
+    model: Llama,
+    cache: KvCache,
+}
+
+impl CpuBackend {
+    /// Loads the decoder; the KV cache holds up to `context` positions (capped by the model's).
+    pub fn load(g: &Gguf, context: usize) -> Result<Self> {
+        let model = Llama::load(g, WeightMode::Quantized, &Device::Cpu)?;
+        let cache = model.new_cache(context);
+        Ok(CpuBackend { model, cache })
+    }
+
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn context(&self) -> usize {
+        self.cache.capacity()
+    }
+    fn position(&self) -> usize {
+        self.cache.len()
+    }
+    fn truncate(&mut self, n: usize) {
+        self.cache.truncate(n);
+    }
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let logits = self.model.forward(tokens, Some(&mut self.cache), Logits::Last)?;
+        Llama::logits_vec(&logits)
+    }
+    fn set_adapter(&mut self, adapter: Option<&LoraAdapter>) -> Result<()> {
+        self.model.set_adapter(adapter)?;
+        self.cache.reset();
+        Ok(())
+    }
+}

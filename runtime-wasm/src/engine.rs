@@ -1,0 +1,265 @@
+//! The guard engine: a base model (+ optional adapter) on a backend, classifying content.
+//!
+//! Inference flow: request → guard prompt → chat template → token ids → backend prefill → decode
+//! loop → token stream → streaming parser → [`Verdict`]. Every request starts with the same system
+//! prompt and policy definitions, so the KV state of the longest shared prefix is kept between
+//! requests and only the new tokens are prefilled.
+
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use vigil_models::chat::ChatTemplate;
+use vigil_models::cpu::sampling::{Sampler, SamplingParams};
+use vigil_models::gguf::Gguf;
+use vigil_models::guard::{GuardRequest, Parsed, Section, StreamParser};
+use vigil_models::lora::LoraAdapter;
+use vigil_models::tokenizer::{TokenDecoder, Tokenizer};
+use vigil_models::{Error, Result};
+
+use crate::backend::Backend;
+use crate::clock::Clock;
+
+/// Per-request generation settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClassifyOptions {
+    /// Most tokens to generate (reasoning + verdict).
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Stop as soon as the verdict lines are complete.
+    pub stop_at_verdict: bool,
+}
+
+impl Default for ClassifyOptions {
+    fn default() -> Self {
+        ClassifyOptions { max_tokens: 384, sampling: SamplingParams::greedy(), stop_at_verdict: true }
+    }
+}
+
+/// Something that happened while classifying, reported as it happens.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<'a> {
+    /// A generated token and the text it completed (may be empty mid-character).
+    Token { id: u32, text: &'a str },
+    /// New text of a section of the answer (reasoning, think, proof, answer, verdict).
+    Text { section: Section, text: &'a str },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model ended its turn.
+    EndOfTurn,
+    /// The verdict was complete (`stop_at_verdict`).
+    Verdict,
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The caller asked to stop.
+    Cancelled,
+    /// The context is full.
+    Context,
+}
+
+/// Timings and counts of one request.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Stats {
+    pub prompt_tokens: usize,
+    /// Prompt tokens served from the kept prefix (not prefilled again).
+    pub reused_tokens: usize,
+    pub generated_tokens: usize,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    /// Time to the first generated token.
+    pub ttft_ms: f64,
+    pub decode_tok_s: f64,
+}
+
+/// The result of one request.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub verdict: Parsed,
+    /// Everything the model generated.
+    pub raw: String,
+    pub stop: StopReason,
+    pub stats: Stats,
+}
+
+pub struct Guard {
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    backend: Box<dyn Backend>,
+    stop_ids: Vec<u32>,
+    /// Tokens whose KV state the backend holds.
+    held: Vec<u32>,
+    arch: String,
+    adapter: Option<String>,
+    name: String,
+}
+
+impl Guard {
+    /// A guard over an opened model file and a backend built from it.
+    pub fn new(g: &Gguf, backend: Box<dyn Backend>) -> Result<Self> {
+        let tokenizer = Tokenizer::from_gguf(g)?;
+        let template = ChatTemplate::detect(g)?;
+        let stop_ids = template.stop_ids(&tokenizer);
+        if stop_ids.is_empty() {
+            return Err(Error::Tokenizer {
+                file: g.name().into(),
+                what: format!("no end-of-turn token `{}` and no EOS: generation could not stop", template.end_of_turn()),
+            });
+        }
+        Ok(Guard {
+            tokenizer,
+            template,
+            backend,
+            stop_ids,
+            held: Vec::new(),
+            arch: g.str("general.architecture")?.to_string(),
+            adapter: None,
+            name: g.opt_str("general.name")?.unwrap_or(g.name()).to_string(),
+        })
+    }
+
+    /// Loads a model file on the CPU backend (native).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_cpu(path: impl AsRef<std::path::Path>, context: usize) -> Result<Self> {
+        let g = Gguf::open(path)?;
+        let backend = crate::backend::cpu::CpuBackend::load(&g, context)?;
+        Self::new(&g, Box::new(backend))
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    pub fn template(&self) -> ChatTemplate {
+        self.template
+    }
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+    pub fn architecture(&self) -> &str {
+        &self.arch
+    }
+    pub fn model_name(&self) -> &str {
+        &self.name
+    }
+    pub fn adapter(&self) -> Option<&str> {
+        self.adapter.as_deref()
+    }
+    pub fn context(&self) -> usize {
+        self.backend.context()
+    }
+
+    /// Attaches (or with `None` removes) a LoRA adapter; the base model stays loaded.
+    pub fn set_adapter(&mut self, adapter: Option<&LoraAdapter>) -> Result<()> {
+        self.backend.set_adapter(adapter)?;
+        self.held.clear();
+        self.adapter = adapter.map(|a| a.name.clone());
+        Ok(())
+    }
+
+    /// The prompt token ids of a request.
+    pub fn prompt_ids(&self, req: &GuardRequest) -> Result<Vec<u32>> {
+        Ok(self.template.encode(&self.tokenizer, &req.messages(), true)?.ids)
+    }
+
+    /// Classifies one request, reporting tokens and section text to `on_event` as they are
+    /// generated. Return `ControlFlow::Break` from the callback to stop early.
+    pub fn classify(
+        &mut self,
+        req: &GuardRequest,
+        opts: &ClassifyOptions,
+        mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<Outcome> {
+        if req.content.trim().is_empty() {
+            return Err(Error::Input("the content to classify is empty".into()));
+        }
+        if req.response.as_deref().is_some_and(|r| r.trim().is_empty()) {
+            return Err(Error::Input("the response to classify is empty (omit it to classify the prompt alone)".into()));
+        }
+        let ids = self.prompt_ids(req)?;
+        let ctx = self.backend.context();
+        if ids.len() + opts.max_tokens > ctx {
+            return Err(Error::Input(format!(
+                "the request is {} tokens and needs room for {} more, but the context holds {ctx}: vigil refuses rather than \
+                 cutting the content (a cut could drop the unsafe part). Shorten it, split it, or lower --max-tokens.",
+                ids.len(),
+                opts.max_tokens
+            )));
+        }
+        let clock = Clock::start();
+        // Reuse the KV state of the prefix shared with what the backend holds.
+        let mut common = self.held.iter().zip(&ids).take_while(|(a, b)| a == b).count();
+        if common == ids.len() {
+            common -= 1; // at least one token must be fed to get logits
+        }
+        self.backend.truncate(common);
+        self.held.truncate(common);
+        let mut sampler = Sampler::new(opts.sampling);
+        let mut parser = StreamParser::new(req.format, req.mode);
+        let mut decoder = TokenDecoder::new();
+        let mut stats = Stats { prompt_tokens: ids.len(), reused_tokens: common, ..Stats::default() };
+
+        let mut next = self.backend.forward_sample(&ids[common..], &mut sampler)?;
+        self.held.extend_from_slice(&ids[common..]);
+        stats.prefill_ms = clock.ms();
+        stats.ttft_ms = stats.prefill_ms;
+        let decode_start = clock.ms();
+        let stop = loop {
+            if self.stop_ids.contains(&next) {
+                break StopReason::EndOfTurn;
+            }
+            stats.generated_tokens += 1;
+            let text = decoder.push(&self.tokenizer, next);
+            let mut flow = on_event(&Event::Token { id: next, text: &text });
+            for u in parser.push(&text) {
+                if flow.is_continue() {
+                    flow = on_event(&Event::Text { section: u.section, text: &u.text });
+                }
+            }
+            if flow.is_break() {
+                break StopReason::Cancelled;
+            }
+            if opts.stop_at_verdict && parser.is_complete() {
+                break StopReason::Verdict;
+            }
+            if stats.generated_tokens >= opts.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            if self.backend.position() + 1 > ctx {
+                break StopReason::Context;
+            }
+            let cur = next;
+            next = self.backend.forward_sample(&[cur], &mut sampler)?;
+            self.held.push(cur);
+        };
+        let tail = decoder.finish();
+        let mut updates = parser.push(&tail);
+        let (rest, verdict) = parser.finish();
+        updates.extend(rest);
+        for u in updates {
+            let _ = on_event(&Event::Text { section: u.section, text: &u.text });
+        }
+        stats.decode_ms = clock.ms() - decode_start;
+        if stats.generated_tokens > 1 && stats.decode_ms > 0.0 {
+            stats.decode_tok_s = (stats.generated_tokens - 1) as f64 / (stats.decode_ms / 1000.0);
+        }
+        Ok(Outcome { verdict, raw: parser.text().to_string(), stop, stats })
+    }
+
+    /// Runs a fixed token sequence (for benchmarks): prefill `prompt`, then `n` greedy steps.
+    /// Returns (prefill time, decode time).
+    pub fn run_tokens(&mut self, prompt: &[u32], n: usize) -> Result<(Duration, Duration)> {
+        self.backend.truncate(0);
+        self.held.clear();
+        let mut sampler = Sampler::new(SamplingParams::greedy());
+        let clock = Clock::start();
+        let mut next = self.backend.forward_sample(prompt, &mut sampler)?;
+        let prefill = clock.elapsed();
+        for _ in 0..n {
+            next = self.backend.forward_sample(&[next], &mut sampler)?;
+        }
+        let total = clock.elapsed();
+        self.backend.truncate(0);
+        Ok((prefill, total - prefill))
+    }
+}

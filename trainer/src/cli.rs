@@ -1,0 +1,136 @@
+//! Command-line types. Parsing only: each verb's behaviour lives in `commands/<verb>.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vigil",
+    version,
+    about = "vigil — a small safety guard model that reasons before it judges",
+    long_about = "vigil classifies content against six safety policies (hate_speech, violence, illegal, self_harm, \
+                  harassment, sexual). The model reasons step by step, then gives a verdict.\n\n\
+                  Models are kept in $VIGIL_CACHE (default ~/.cache/vigil)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// CPU threads for compute (default: all cores).
+    #[arg(long, global = true, env = "VIGIL_THREADS")]
+    pub threads: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Download a catalogued base model into the cache (verifies size and sha256).
+    FetchModel(FetchModelArgs),
+    /// Classify content: stream the reasoning, then print the verdict.
+    Classify(ClassifyArgs),
+    /// Measure prefill and decode speed (optionally next to llama.cpp's llama-bench).
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FetchModelArgs {
+    /// Catalogue name (see --list); the default guard base when omitted.
+    pub name: Option<String>,
+    /// List the catalogue and what is cached.
+    #[arg(long)]
+    pub list: bool,
+}
+
+/// Which model to run.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A GGUF file, or a catalogue name (fetched on first use).
+    #[arg(long, short = 'm', default_value = vigil_models::catalog::DEFAULT_MODEL)]
+    pub model: String,
+    /// A GGUF LoRA adapter to apply, or `none`.
+    #[arg(long, default_value = "none")]
+    pub adapter: String,
+    /// Context size in tokens (prompt + answer); at most the model's own.
+    #[arg(long, default_value_t = 4096)]
+    pub context: usize,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// Reasoning steps, then `Classification:` and `Violated policies:`.
+    Rsft,
+    /// `<think>`, `<proof>` and `<answer>` sections.
+    Dual,
+}
+
+#[derive(Args, Debug)]
+pub struct ClassifyArgs {
+    /// The content to classify; `-` reads it from standard input.
+    pub text: Option<String>,
+    /// Classify every line of a JSONL file (`{"text": …, "response": …}`); one result per line.
+    #[arg(long, conflicts_with = "text")]
+    pub file: Option<PathBuf>,
+    /// The AI response to judge (response moderation); the text is then the user's request.
+    #[arg(long)]
+    pub response: Option<String>,
+    /// Print one JSON object per input instead of the streamed reasoning.
+    #[arg(long)]
+    pub json: bool,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 384)]
+    pub max_tokens: usize,
+    /// Judge a single policy (e.g. `illegal`) instead of all six.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Output format the model is asked for.
+    #[arg(long, value_enum, default_value_t = FormatArg::Rsft)]
+    pub format: FormatArg,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep generating after the verdict until the model ends its turn.
+    #[arg(long)]
+    pub no_early_stop: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    Cpu,
+    Gpu,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    pub backend: BackendArg,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// Tokens generated for the decode measurement.
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Repetitions; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Path of a llama.cpp `llama-bench` binary to measure the same model next to vigil.
+    #[arg(long, env = "VIGIL_LLAMA_BENCH")]
+    pub llama_bench: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}

@@ -1,0 +1,111 @@
+//! `vigil bench`: prefill and decode speed of the guard's base model, as medians over repeats,
+//! optionally next to llama.cpp's `llama-bench` run on the same file in the same process.
+//!
+//! Prefill: a `--prompt-tokens` prompt on an empty cache. Decode: `--gen-tokens` greedy steps
+//! after a one-token prompt (what llama-bench's `tg` measures).
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::cli::{BackendArg, BenchArgs, Global};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// (prefill tok/s, decode tok/s) from llama-bench's JSON output.
+fn llama_bench(bin: &Path, model: &Path, threads: usize, args: &BenchArgs) -> Result<(f64, f64)> {
+    let out = Command::new(bin)
+        .arg("-m")
+        .arg(model)
+        .args(["-t", &threads.to_string(), "-p", &args.prompt_tokens.to_string(), "-n", &args.gen_tokens.to_string()])
+        .args(["-r", &args.repeats.max(1).to_string(), "-o", "json"])
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!("{} failed: {}", bin.display(), String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("llama-bench printed no JSON")?;
+    let mut pp = None;
+    let mut tg = None;
+    for r in v.as_array().context("llama-bench JSON is not an array")? {
+        let (np, ng, ts) = (r["n_prompt"].as_u64(), r["n_gen"].as_u64(), r["avg_ts"].as_f64());
+        match (np, ng) {
+            (Some(p), Some(0)) if p > 0 => pp = ts,
+            (Some(0), Some(g)) if g > 0 => tg = ts,
+            _ => {}
+        }
+    }
+    Ok((pp.context("no prompt-processing result")?, tg.context("no generation result")?))
+}
+
+pub fn run(args: BenchArgs, g: &Global) -> Result<()> {
+    if args.backend == BackendArg::Gpu {
+        bail!("the GPU backend is not built yet; use --backend cpu");
+    }
+    let threads = g.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let path = crate::commands::resolve_model(&args.model.model)?;
+    let mut margs = args.model.clone();
+    margs.model = path.display().to_string();
+    margs.context = margs.context.max(args.prompt_tokens + args.gen_tokens + 8);
+    let mut guard = crate::commands::load_guard(&margs)?;
+
+    // A fixed prompt: ordinary English text, repeated to length.
+    let base = guard.tokenizer().encode(
+        "The guard reads a piece of content and reasons step by step about each policy before it gives a verdict. \
+         Metaphors such as annihilating the competition are not violence, and killing a zombie process is routine work. ",
+    )?;
+    let prompt: Vec<u32> = base.iter().copied().cycle().take(args.prompt_tokens).collect();
+    let pb = crate::progress::items("bench", (args.repeats + 1) as u64);
+    guard.run_tokens(&prompt[..16.min(prompt.len())], 4)?; // warm-up: page in the weights
+    pb.inc(1);
+    let (mut pf, mut dc) = (Vec::new(), Vec::new());
+    for _ in 0..args.repeats.max(1) {
+        let (p, _) = guard.run_tokens(&prompt, 0)?;
+        let (_, d) = guard.run_tokens(&prompt[..1], args.gen_tokens)?;
+        pf.push(args.prompt_tokens as f64 / p.as_secs_f64());
+        dc.push(args.gen_tokens as f64 / d.as_secs_f64());
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let (prefill, decode) = (median(pf), median(dc));
+    let llama = match &args.llama_bench {
+        Some(bin) => Some(llama_bench(bin, &path, threads, &args)?),
+        None => None,
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    if args.json {
+        let mut o = json!({
+            "backend": guard.backend_name(),
+            "model": name,
+            "threads": threads,
+            "prompt_tokens": args.prompt_tokens,
+            "gen_tokens": args.gen_tokens,
+            "prefill_tok_s": prefill,
+            "decode_tok_s": decode,
+        });
+        if let Some((lp, ld)) = llama {
+            o["llama_cpp"] = json!({"prefill_tok_s": lp, "decode_tok_s": ld});
+            o["ratio"] = json!({"prefill": prefill / lp, "decode": decode / ld});
+        }
+        println!("{o}");
+    } else {
+        println!("{name}, {} backend, {threads} threads, median of {}", guard.backend_name(), args.repeats.max(1));
+        println!("{:<10} {:>14} {:>14} {:>8}", "", "vigil tok/s", "llama.cpp", "ratio");
+        for (label, ours, theirs) in [
+            (format!("pp{}", args.prompt_tokens), prefill, llama.map(|l| l.0)),
+            (format!("tg{}", args.gen_tokens), decode, llama.map(|l| l.1)),
+        ] {
+            match theirs {
+                Some(t) => println!("{label:<10} {ours:>14.1} {t:>14.1} {:>7.2}x", ours / t),
+                None => println!("{label:<10} {ours:>14.1} {:>14} {:>8}", "-", "-"),
+            }
+        }
+    }
+    Ok(())
+}

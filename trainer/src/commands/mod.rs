@@ -1,0 +1,53 @@
+//! One module per verb, each with `run(args, &Global)`; shared model loading lives here.
+
+pub mod bench;
+pub mod classify;
+pub mod fetch_model;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use vigil_models::catalog;
+use vigil_models::gguf::Gguf;
+use vigil_models::lora::LoraAdapter;
+use vigil_runtime::Guard;
+
+use crate::cli::ModelArgs;
+
+/// A model argument as a file: an existing path, or a catalogue name (fetched when missing).
+pub fn resolve_model(arg: &str) -> Result<PathBuf> {
+    let p = Path::new(arg);
+    if p.is_file() {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(entry) = catalog::find(arg) {
+        if entry.cached().is_none() {
+            eprintln!("vigil: fetching {} ({} MB) into {}", entry.name, entry.size / 1_000_000, catalog::cache_dir().display());
+        }
+        return crate::fetch::fetch(&entry);
+    }
+    let names: Vec<String> = catalog::entries().into_iter().map(|e| e.name).collect();
+    if p.extension().is_some_and(|e| e == "gguf") || arg.contains('/') {
+        bail!("model file {arg} does not exist");
+    }
+    bail!("`{arg}` is neither a file nor a catalogued model (known: {})", names.join(", "))
+}
+
+/// Reads a GGUF LoRA adapter (`none` → no adapter).
+pub fn load_adapter(arg: &str) -> Result<Option<LoraAdapter>> {
+    if arg.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let g = Gguf::open(arg)?;
+    Ok(Some(LoraAdapter::from_gguf(&g)?))
+}
+
+/// Loads base model and adapter on the CPU backend.
+pub fn load_guard(m: &ModelArgs) -> Result<Guard> {
+    let path = resolve_model(&m.model)?;
+    let mut guard = Guard::open_cpu(&path, m.context).with_context(|| format!("loading {}", path.display()))?;
+    if let Some(a) = load_adapter(&m.adapter)? {
+        guard.set_adapter(Some(&a))?;
+    }
+    Ok(guard)
+}
