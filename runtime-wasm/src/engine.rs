@@ -31,7 +31,11 @@ pub struct ClassifyOptions {
 
 impl Default for ClassifyOptions {
     fn default() -> Self {
-        ClassifyOptions { max_tokens: 384, sampling: SamplingParams::greedy(), stop_at_verdict: true }
+        ClassifyOptions {
+            max_tokens: 384,
+            sampling: SamplingParams::greedy(),
+            stop_at_verdict: true,
+        }
     }
 }
 
@@ -104,7 +108,10 @@ impl Guard {
         if stop_ids.is_empty() {
             return Err(Error::Tokenizer {
                 file: g.name().into(),
-                what: format!("no end-of-turn token `{}` and no EOS: generation could not stop", template.end_of_turn()),
+                what: format!(
+                    "no end-of-turn token `{}` and no EOS: generation could not stop",
+                    template.end_of_turn()
+                ),
             });
         }
         Ok(Guard {
@@ -159,7 +166,10 @@ impl Guard {
 
     /// The prompt token ids of a request.
     pub fn prompt_ids(&self, req: &GuardRequest) -> Result<Vec<u32>> {
-        Ok(self.template.encode(&self.tokenizer, &req.messages(), true)?.ids)
+        Ok(self
+            .template
+            .encode(&self.tokenizer, &req.messages(), true)?
+            .ids)
     }
 
     /// Classifies one request, reporting tokens and section text to `on_event` as they are
@@ -174,7 +184,9 @@ impl Guard {
             return Err(Error::Input("the content to classify is empty".into()));
         }
         if req.response.as_deref().is_some_and(|r| r.trim().is_empty()) {
-            return Err(Error::Input("the response to classify is empty (omit it to classify the prompt alone)".into()));
+            return Err(Error::Input(
+                "the response to classify is empty (omit it to classify the prompt alone)".into(),
+            ));
         }
         let ids = self.prompt_ids(req)?;
         let ctx = self.backend.context();
@@ -188,7 +200,12 @@ impl Guard {
         }
         let clock = Clock::start();
         // Reuse the KV state of the prefix shared with what the backend holds.
-        let mut common = self.held.iter().zip(&ids).take_while(|(a, b)| a == b).count();
+        let mut common = self
+            .held
+            .iter()
+            .zip(&ids)
+            .take_while(|(a, b)| a == b)
+            .count();
         if common == ids.len() {
             common -= 1; // at least one token must be fed to get logits
         }
@@ -197,7 +214,11 @@ impl Guard {
         let mut sampler = Sampler::new(opts.sampling);
         let mut parser = StreamParser::new(req.format, req.mode);
         let mut decoder = TokenDecoder::new();
-        let mut stats = Stats { prompt_tokens: ids.len(), reused_tokens: common, ..Stats::default() };
+        let mut stats = Stats {
+            prompt_tokens: ids.len(),
+            reused_tokens: common,
+            ..Stats::default()
+        };
 
         let mut next = self.backend.forward_sample(&ids[common..], &mut sampler)?;
         self.held.extend_from_slice(&ids[common..]);
@@ -210,10 +231,16 @@ impl Guard {
             }
             stats.generated_tokens += 1;
             let text = decoder.push(&self.tokenizer, next);
-            let mut flow = on_event(&Event::Token { id: next, text: &text });
+            let mut flow = on_event(&Event::Token {
+                id: next,
+                text: &text,
+            });
             for u in parser.push(&text) {
                 if flow.is_continue() {
-                    flow = on_event(&Event::Text { section: u.section, text: &u.text });
+                    flow = on_event(&Event::Text {
+                        section: u.section,
+                        text: &u.text,
+                    });
                 }
             }
             if flow.is_break() {
@@ -237,13 +264,21 @@ impl Guard {
         let (rest, verdict) = parser.finish();
         updates.extend(rest);
         for u in updates {
-            let _ = on_event(&Event::Text { section: u.section, text: &u.text });
+            let _ = on_event(&Event::Text {
+                section: u.section,
+                text: &u.text,
+            });
         }
         stats.decode_ms = clock.ms() - decode_start;
         if stats.generated_tokens > 1 && stats.decode_ms > 0.0 {
             stats.decode_tok_s = (stats.generated_tokens - 1) as f64 / (stats.decode_ms / 1000.0);
         }
-        Ok(Outcome { verdict, raw: parser.text().to_string(), stop, stats })
+        Ok(Outcome {
+            verdict,
+            raw: parser.text().to_string(),
+            stop,
+            stats,
+        })
     }
 
     /// Runs a fixed token sequence (for benchmarks): prefill `prompt`, then `n` greedy steps.

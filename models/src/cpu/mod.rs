@@ -14,6 +14,7 @@ pub mod llama;
 pub mod ops;
 pub mod qmatmul;
 pub mod sampling;
+pub mod team;
 
 pub use cache::KvCache;
 pub use linear::{Linear, WeightMode};

@@ -30,6 +30,15 @@ pub struct Q8Block {
 
 /// Quantizes one row (length a multiple of 32) as ggml's AVX2 `quantize_row_q8_1` does.
 pub fn quantize_row_q8(x: &[f32], out: &mut [Q8Block]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2/FMA/F16C are present.
+        return unsafe { avx2::quantize_row(x, out) };
+    }
+    quantize_row_q8_portable(x, out)
+}
+
+fn quantize_row_q8_portable(x: &[f32], out: &mut [Q8Block]) {
     for (b, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
         let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -104,7 +113,9 @@ mod avx2 {
 
     #[inline(always)]
     unsafe fn f16_at(b: *const u8) -> f32 {
-        half::f16::from_bits(u16::from_le_bytes([*b, *b.add(1)])).to_f32()
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+            (b as *const u16).read_unaligned() as i32,
+        )))
     }
 
     /// 16 bytes of nibbles → 32 bytes: low nibbles (elements 0..16) then high (16..32).
@@ -122,36 +133,155 @@ mod avx2 {
         _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    /// A weight block prepared for dotting with any activation block: the (possibly sign-folded)
+    /// unsigned bytes, its scale, and for Q4_1 its min.
+    struct WBlock {
+        q: __m256i,
+        signed: bool,
+        d: f32,
+        m: f32,
+    }
+
+    #[inline(always)]
+    unsafe fn load_block(ty: GgmlType, wb: *const u8) -> WBlock {
+        match ty {
+            GgmlType::Q4_0 => {
+                let qx = _mm256_sub_epi8(nibbles(wb.add(2)), _mm256_set1_epi8(8));
+                WBlock {
+                    q: qx,
+                    signed: true,
+                    d: f16_at(wb),
+                    m: 0.0,
+                }
+            }
+            GgmlType::Q4_1 => WBlock {
+                q: nibbles(wb.add(4)),
+                signed: false,
+                d: f16_at(wb),
+                m: f16_at(wb.add(2)),
+            },
+            GgmlType::Q8_0 => WBlock {
+                q: _mm256_loadu_si256(wb.add(2) as *const __m256i),
+                signed: true,
+                d: f16_at(wb),
+                m: 0.0,
+            },
+            _ => unreachable!(),
+        }
+    }
+
+    /// Lanes of one weight block · one activation block (ggml: sign trick for signed weights).
+    #[inline(always)]
+    unsafe fn block_lanes(w: &WBlock, qy: __m256i) -> __m256 {
+        if w.signed {
+            lanes_us(_mm256_sign_epi8(w.q, w.q), _mm256_sign_epi8(qy, w.q))
+        } else {
+            lanes_us(w.q, qy)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn finish(acc: __m256, summs: f32) -> f32 {
+        let mut a = [0f32; 8];
+        _mm256_storeu_ps(a.as_mut_ptr(), acc);
+        hsum8(a) + summs
+    }
+
+    /// `quantize_row_q8` with 8-wide vectors; identical results (max is exact, rounding is the
+    /// same round-half-to-even).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
+        let sign = _mm256_set1_ps(-0.0);
+        for (b, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
+            let p = xs.as_ptr();
+            let v = [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ];
+            let mut mx = _mm256_andnot_ps(sign, v[0]);
+            for vi in &v[1..] {
+                mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, *vi));
+            }
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), mx);
+            let amax = lanes.iter().fold(0f32, |a, &l| a.max(l));
+            let d = amax / 127.0;
+            let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+            let mut sum = _mm256_setzero_si256();
+            let mut q = [0i32; 32];
+            for (j, vi) in v.iter().enumerate() {
+                let r = _mm256_cvtps_epi32(_mm256_round_ps::<
+                    { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+                >(_mm256_mul_ps(*vi, id)));
+                sum = _mm256_add_epi32(sum, r);
+                _mm256_storeu_si256(q.as_mut_ptr().add(8 * j) as *mut __m256i, r);
+            }
+            let mut sl = [0i32; 8];
+            _mm256_storeu_si256(sl.as_mut_ptr() as *mut __m256i, sum);
+            let total: i32 = sl.iter().sum();
+            for (o, &qi) in b.qs.iter_mut().zip(&q) {
+                *o = qi as i8;
+            }
+            b.d = half::f16::from_f32(d).to_f32();
+            b.s = half::f16::from_f32(d * total as f32).to_f32();
+        }
+    }
+
+    /// One dot product (kept for tests and odd tails).
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot(ty: GgmlType, w: &[u8], x: &[Q8Block]) -> f32 {
         let ts = ty.type_size();
         let mut acc = _mm256_setzero_ps();
         let mut summs = 0f32;
         for (i, xb) in x.iter().enumerate() {
-            let wb = w.as_ptr().add(i * ts);
+            let wb = load_block(ty, w.as_ptr().add(i * ts));
             let qy = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            let wd = f16_at(wb);
-            let lanes = match ty {
-                GgmlType::Q4_0 => {
-                    // (q - 8)·y: apply the sign of (q-8) to y and multiply by |q-8| (as ggml)
-                    let qx = _mm256_sub_epi8(nibbles(wb.add(2)), _mm256_set1_epi8(8));
-                    lanes_us(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx))
-                }
-                GgmlType::Q4_1 => {
-                    summs += f16_at(wb.add(2)) * xb.s;
-                    lanes_us(nibbles(wb.add(4)), qy)
-                }
-                GgmlType::Q8_0 => {
-                    let qx = _mm256_loadu_si256(wb.add(2) as *const __m256i);
-                    lanes_us(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx))
-                }
-                _ => unreachable!(),
-            };
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(wd * xb.d), lanes, acc);
+            summs += wb.m * xb.s;
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * xb.d), block_lanes(&wb, qy), acc);
         }
-        let mut a = [0f32; 8];
-        _mm256_storeu_ps(a.as_mut_ptr(), acc);
-        hsum8(a) + summs
+        finish(acc, summs)
+    }
+
+    /// R weight rows × C activation rows at once: each weight block is unpacked once and used C
+    /// times; every (row, col) keeps its own accumulator in ggml's order, so results equal `dot`.
+    /// `w` points at R consecutive rows of `rb` bytes; `out[r][c]` receives the results.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile<const R: usize, const C: usize>(
+        ty: GgmlType,
+        w: *const u8,
+        rb: usize,
+        xs: [&[Q8Block]; C],
+        out: &mut [[f32; C]; R],
+    ) {
+        let ts = ty.type_size();
+        let nb = xs[0].len();
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut summs = [[0f32; C]; R];
+        for i in 0..nb {
+            let mut qy = [_mm256_setzero_si256(); C];
+            for c in 0..C {
+                qy[c] = _mm256_loadu_si256(xs[c][i].qs.as_ptr() as *const __m256i);
+            }
+            for r in 0..R {
+                let wb = load_block(ty, w.add(r * rb + i * ts));
+                for c in 0..C {
+                    let xb = &xs[c][i];
+                    summs[r][c] += wb.m * xb.s;
+                    acc[r][c] = _mm256_fmadd_ps(
+                        _mm256_set1_ps(wb.d * xb.d),
+                        block_lanes(&wb, qy[c]),
+                        acc[r][c],
+                    );
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                out[r][c] = finish(acc[r][c], summs[r][c]);
+            }
+        }
     }
 }
 
@@ -159,7 +289,9 @@ mod avx2 {
 pub fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -182,41 +314,102 @@ pub fn matmul(ty: GgmlType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, y
         quantize_row_q8(row, q);
     }
     let rb = row_bytes(ty, k);
-    let use_avx2 = has_avx2();
-    let dot = |wr: &[u8], xr: &[Q8Block]| -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if use_avx2 {
-            // SAFETY: the CPU supports AVX2 and FMA (checked above); slices hold whole blocks.
-            return unsafe { avx2::dot(ty, wr, xr) };
+    // Weight rows are handed out in chunks; each chunk is streamed once for all m activation rows
+    // and its results written straight into its columns of y.
+    const CHUNK: usize = 32;
+    let y_ptr = SyncPtr(y.as_mut_ptr());
+    let task = |t: usize| {
+        let (j0, j1) = (t * CHUNK, ((t + 1) * CHUNK).min(n));
+        let mut part = [0f32; CHUNK * 4];
+        let mut i0 = 0;
+        while i0 < m {
+            let mm = (m - i0).min(4);
+            rows(
+                ty,
+                &w[j0 * rb..j1 * rb],
+                rb,
+                &xq[i0 * nb..(i0 + mm) * nb],
+                nb,
+                mm,
+                j1 - j0,
+                &mut part[..mm * (j1 - j0)],
+            );
+            for i in 0..mm {
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(y_ptr.get().add((i0 + i) * n + j0), j1 - j0)
+                };
+                dst.copy_from_slice(&part[i * (j1 - j0)..(i + 1) * (j1 - j0)]);
+            }
+            i0 += mm;
         }
-        let _ = use_avx2;
-        dot_portable(ty, wr, xr)
     };
-    // Parallel over output columns (weight rows): each thread streams its share of W once for
-    // all m activation rows.
-    let threads = rayon::current_num_threads().max(1);
-    let chunk = n.div_ceil(threads).max(16);
-    let cols: Vec<(usize, Vec<f32>)> = {
-        use rayon::prelude::*;
-        (0..n.div_ceil(chunk))
-            .into_par_iter()
-            .map(|c| {
-                let (c0, c1) = (c * chunk, ((c + 1) * chunk).min(n));
-                let mut part = vec![0f32; m * (c1 - c0)];
-                for j in c0..c1 {
-                    let wr = &w[j * rb..(j + 1) * rb];
-                    for i in 0..m {
-                        part[i * (c1 - c0) + (j - c0)] = dot(wr, &xq[i * nb..(i + 1) * nb]);
+    super::team::global().run(n.div_ceil(CHUNK), &task);
+}
+
+/// A raw output pointer shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: every task writes only its own columns of y, and `matmul` waits for all of them.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `cols` weight rows against all m activation rows; `out` is [m, cols].
+#[allow(clippy::too_many_arguments)]
+fn rows(
+    ty: GgmlType,
+    w: &[u8],
+    rb: usize,
+    xq: &[Q8Block],
+    nb: usize,
+    m: usize,
+    cols: usize,
+    out: &mut [f32],
+) {
+    let x = |i: usize| &xq[i * nb..(i + 1) * nb];
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        let mut j = 0;
+        while j + 4 <= cols {
+            let wp = w[j * rb..].as_ptr();
+            let mut i = 0;
+            while i + 4 <= m {
+                let mut o = [[0f32; 4]; 4];
+                // SAFETY: AVX2/FMA/F16C checked; 4 rows of rb bytes from wp are in `w`.
+                unsafe {
+                    avx2::tile::<4, 4>(ty, wp, rb, [x(i), x(i + 1), x(i + 2), x(i + 3)], &mut o)
+                };
+                for (r, or) in o.iter().enumerate() {
+                    for (c, v) in or.iter().enumerate() {
+                        out[(i + c) * cols + j + r] = *v;
                     }
                 }
-                (c0, part)
-            })
-            .collect()
-    };
-    for (c0, part) in cols {
-        let width = part.len() / m;
+                i += 4;
+            }
+            while i < m {
+                let mut o = [[0f32; 1]; 4];
+                unsafe { avx2::tile::<4, 1>(ty, wp, rb, [x(i)], &mut o) };
+                for (r, or) in o.iter().enumerate() {
+                    out[i * cols + j + r] = or[0];
+                }
+                i += 1;
+            }
+            j += 4;
+        }
+        for jj in j..cols {
+            for i in 0..m {
+                out[i * cols + jj] = unsafe { avx2::dot(ty, &w[jj * rb..(jj + 1) * rb], x(i)) };
+            }
+        }
+        return;
+    }
+    for jj in 0..cols {
         for i in 0..m {
-            y[i * n + c0..i * n + c0 + width].copy_from_slice(&part[i * width..(i + 1) * width]);
+            out[i * cols + jj] = dot_portable(ty, &w[jj * rb..(jj + 1) * rb], x(i));
         }
     }
 }
@@ -260,6 +453,42 @@ mod tests {
                 #[cfg(not(target_arch = "x86_64"))]
                 let b = a;
                 assert_eq!(a.to_bits(), b.to_bits(), "{ty} row {j}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn vector_and_portable_activation_quantization_agree() {
+        let x = data(32 * 50, 9);
+        let mut a = vec![Q8Block::default(); 50];
+        let mut b = vec![Q8Block::default(); 50];
+        quantize_row_q8(&x, &mut a);
+        quantize_row_q8_portable(&x, &mut b);
+        for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                p.qs == q.qs && p.d.to_bits() == q.d.to_bits() && p.s.to_bits() == q.s.to_bits(),
+                "block {i}"
+            );
+        }
+    }
+
+    /// Every tile shape (4×4, 4×1, tails) gives exactly the portable per-element result.
+    #[test]
+    fn tiled_matmul_equals_portable_dots_bit_for_bit() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let (m, n, k) = (9, 13, 64);
+            let w = codec::quantize(ty, &data(n * k, 5)).unwrap();
+            let x = data(m * k, 6);
+            let mut y = vec![0f32; m * n];
+            matmul(ty, &w, n, k, &x, m, &mut y);
+            let rb = row_bytes(ty, k);
+            for i in 0..m {
+                let mut xq = vec![Q8Block::default(); k / 32];
+                quantize_row_q8(&x[i * k..(i + 1) * k], &mut xq);
+                for j in 0..n {
+                    let want = dot_portable(ty, &w[j * rb..(j + 1) * rb], &xq);
+                    assert_eq!(y[i * n + j].to_bits(), want.to_bits(), "{ty} ({i},{j})");
+                }
             }
         }
     }

@@ -136,7 +136,17 @@ impl Gguf {
             .enumerate()
             .map(|(i, t)| (t.name.clone(), i))
             .collect();
-        Ok(Gguf(Arc::new(Inner { name, version, metadata, meta_index, tensors, tensor_index, alignment, data_offset, bytes })))
+        Ok(Gguf(Arc::new(Inner {
+            name,
+            version,
+            metadata,
+            meta_index,
+            tensors,
+            tensor_index,
+            alignment,
+            data_offset,
+            bytes,
+        })))
     }
 
     /// The file name used in error messages.

@@ -26,7 +26,10 @@ pub fn run(args: ClassifyArgs, _g: &Global) -> Result<()> {
     let mode = match &args.policy {
         None => Mode::AllPolicies,
         Some(p) => Mode::PerPolicy(Policy::from_name(p).with_context(|| {
-            format!("unknown policy `{p}` (one of: {})", Policy::ALL.map(|p| p.name()).join(", "))
+            format!(
+                "unknown policy `{p}` (one of: {})",
+                Policy::ALL.map(|p| p.name()).join(", ")
+            )
         })?),
     };
     let format = match args.format {
@@ -35,7 +38,12 @@ pub fn run(args: ClassifyArgs, _g: &Global) -> Result<()> {
     };
     let opts = ClassifyOptions {
         max_tokens: args.max_tokens,
-        sampling: SamplingParams { temperature: args.temperature, top_p: args.top_p, top_k: args.top_k, seed: args.seed },
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            top_k: args.top_k,
+            seed: args.seed,
+        },
         stop_at_verdict: !args.no_early_stop,
     };
     let inputs = read_inputs(&args)?;
@@ -55,7 +63,11 @@ pub fn run(args: ClassifyArgs, _g: &Global) -> Result<()> {
             .with_response(input.response.clone())
             .with_mode(mode)
             .with_format(format);
-        let result = if args.json { classify_quiet(&mut guard, &req, &opts) } else { classify_streaming(&mut guard, &req, &opts) };
+        let result = if args.json {
+            classify_quiet(&mut guard, &req, &opts)
+        } else {
+            classify_streaming(&mut guard, &req, &opts)
+        };
         match result {
             Ok(outcome) => {
                 if args.json {
@@ -99,12 +111,21 @@ fn read_inputs(args: &ClassifyArgs) -> Result<Vec<Input>> {
                 continue;
             }
             match parse_line(&line) {
-                Ok((content, response, id)) => out.push(Input { content, response, id, origin }),
+                Ok((content, response, id)) => out.push(Input {
+                    content,
+                    response,
+                    id,
+                    origin,
+                }),
                 Err(e) => bad.push(format!("{origin}: {e}")),
             }
         }
         if !bad.is_empty() {
-            bail!("{} bad line(s), nothing classified:\n  {}", bad.len(), bad.join("\n  "));
+            bail!(
+                "{} bad line(s), nothing classified:\n  {}",
+                bad.len(),
+                bad.join("\n  ")
+            );
         }
         if out.is_empty() {
             bail!("{} holds no inputs", path.display());
@@ -115,12 +136,19 @@ fn read_inputs(args: &ClassifyArgs) -> Result<Vec<Input>> {
         None => bail!("give the text to classify, `-` for standard input, or --file JSONL"),
         Some("-") => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("reading standard input")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading standard input")?;
             s
         }
         Some(t) => t.to_string(),
     };
-    Ok(vec![Input { content, response: args.response.clone(), id: None, origin: "input".into() }])
+    Ok(vec![Input {
+        content,
+        response: args.response.clone(),
+        id: None,
+        origin: "input".into(),
+    }])
 }
 
 /// Reads `{"text"|"prompt"|"content": …, "response"?: …, "id"?: …}`.
@@ -142,12 +170,20 @@ fn parse_line(line: &str) -> Result<(String, Option<String>, Option<serde_json::
     Ok((text, response, obj.get("id").cloned()))
 }
 
-fn classify_quiet(guard: &mut Guard, req: &GuardRequest, opts: &ClassifyOptions) -> Result<Outcome> {
+fn classify_quiet(
+    guard: &mut Guard,
+    req: &GuardRequest,
+    opts: &ClassifyOptions,
+) -> Result<Outcome> {
     Ok(guard.classify(req, opts, |_| ControlFlow::Continue(()))?)
 }
 
 /// Streams section text to stdout as it arrives.
-fn classify_streaming(guard: &mut Guard, req: &GuardRequest, opts: &ClassifyOptions) -> Result<Outcome> {
+fn classify_streaming(
+    guard: &mut Guard,
+    req: &GuardRequest,
+    opts: &ClassifyOptions,
+) -> Result<Outcome> {
     let stdout = std::io::stdout();
     let color = stdout.is_terminal();
     let mut last: Option<Section> = None;
@@ -196,12 +232,27 @@ fn print_verdict(o: &Outcome) -> Result<()> {
     let color = std::io::stdout().is_terminal();
     let line = match &o.verdict {
         Ok(v) => {
-            let policies = if v.policies.is_empty() { String::new() } else { format!(" — {}", v.policies.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")) };
+            let policies = if v.policies.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " — {}",
+                    v.policies
+                        .iter()
+                        .map(|p| p.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
             let (c, label) = match v.label {
                 Label::Safe => ("\x1b[1;32m", "SAFE"),
                 Label::Unsafe => ("\x1b[1;31m", "UNSAFE"),
             };
-            if color { format!("{c}Verdict: {label}\x1b[0m{policies}") } else { format!("Verdict: {label}{policies}") }
+            if color {
+                format!("{c}Verdict: {label}\x1b[0m{policies}")
+            } else {
+                format!("Verdict: {label}{policies}")
+            }
         }
         Err(e) => format!("Verdict: unparseable ({})", e.reason),
     };
@@ -243,10 +294,20 @@ mod tests {
     #[test]
     fn jsonl_lines_accept_the_documented_keys_and_reject_the_rest() {
         assert_eq!(parse_line(r#"{"text":"a"}"#).unwrap().0, "a");
-        assert_eq!(parse_line(r#"{"prompt":"a","response":"b","id":7}"#).unwrap().1.as_deref(), Some("b"));
+        assert_eq!(
+            parse_line(r#"{"prompt":"a","response":"b","id":7}"#)
+                .unwrap()
+                .1
+                .as_deref(),
+            Some("b")
+        );
         assert!(parse_line("{").unwrap_err().contains("not JSON"));
         assert!(parse_line("[1]").unwrap_err().contains("not a JSON object"));
-        assert!(parse_line(r#"{"label":"safe"}"#).unwrap_err().contains("no `text`"));
-        assert!(parse_line(r#"{"text":3}"#).unwrap_err().contains("not a string"));
+        assert!(parse_line(r#"{"label":"safe"}"#)
+            .unwrap_err()
+            .contains("no `text`"));
+        assert!(parse_line(r#"{"text":3}"#)
+            .unwrap_err()
+            .contains("not a string"));
     }
 }

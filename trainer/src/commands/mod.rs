@@ -22,7 +22,12 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
     }
     if let Some(entry) = catalog::find(arg) {
         if entry.cached().is_none() {
-            eprintln!("vigil: fetching {} ({} MB) into {}", entry.name, entry.size / 1_000_000, catalog::cache_dir().display());
+            eprintln!(
+                "vigil: fetching {} ({} MB) into {}",
+                entry.name,
+                entry.size / 1_000_000,
+                catalog::cache_dir().display()
+            );
         }
         return crate::fetch::fetch(&entry);
     }
@@ -30,7 +35,10 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
     if p.extension().is_some_and(|e| e == "gguf") || arg.contains('/') {
         bail!("model file {arg} does not exist");
     }
-    bail!("`{arg}` is neither a file nor a catalogued model (known: {})", names.join(", "))
+    bail!(
+        "`{arg}` is neither a file nor a catalogued model (known: {})",
+        names.join(", ")
+    )
 }
 
 /// Reads a GGUF LoRA adapter (`none` → no adapter).
@@ -45,7 +53,8 @@ pub fn load_adapter(arg: &str) -> Result<Option<LoraAdapter>> {
 /// Loads base model and adapter on the CPU backend.
 pub fn load_guard(m: &ModelArgs) -> Result<Guard> {
     let path = resolve_model(&m.model)?;
-    let mut guard = Guard::open_cpu(&path, m.context).with_context(|| format!("loading {}", path.display()))?;
+    let mut guard =
+        Guard::open_cpu(&path, m.context).with_context(|| format!("loading {}", path.display()))?;
     if let Some(a) = load_adapter(&m.adapter)? {
         guard.set_adapter(Some(&a))?;
     }
