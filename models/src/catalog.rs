@@ -38,16 +38,15 @@ pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
 
 /// All catalogued models.
 pub fn entries() -> Vec<ModelEntry> {
-    let c: Catalog = toml::from_str(include_str!("../catalog.toml"))
-        .expect("models/catalog.toml is valid (tested)");
+    let c: Catalog = toml::from_str(include_str!("../catalog.toml")).expect("models/catalog.toml is valid (tested)");
     c.model
 }
 
 /// Finds a model by name or alias (case-insensitive).
 pub fn find(name: &str) -> Option<ModelEntry> {
-    entries().into_iter().find(|e| {
-        e.name.eq_ignore_ascii_case(name) || e.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
-    })
+    entries()
+        .into_iter()
+        .find(|e| e.name.eq_ignore_ascii_case(name) || e.aliases.iter().any(|a| a.eq_ignore_ascii_case(name)))
 }
 
 /// Where vigil keeps downloaded files: `$VIGIL_CACHE`, else `$XDG_CACHE_HOME/vigil`, else
@@ -59,9 +58,7 @@ pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("vigil");
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("vigil")
 }
 

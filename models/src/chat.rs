@@ -26,22 +26,13 @@ pub struct Message {
 
 impl Message {
     pub fn system(c: impl Into<String>) -> Self {
-        Message {
-            role: Role::System,
-            content: c.into(),
-        }
+        Message { role: Role::System, content: c.into() }
     }
     pub fn user(c: impl Into<String>) -> Self {
-        Message {
-            role: Role::User,
-            content: c.into(),
-        }
+        Message { role: Role::User, content: c.into() }
     }
     pub fn assistant(c: impl Into<String>) -> Self {
-        Message {
-            role: Role::Assistant,
-            content: c.into(),
-        }
+        Message { role: Role::Assistant, content: c.into() }
     }
 }
 
@@ -116,7 +107,9 @@ impl ChatTemplate {
             a => Err(Error::Metadata {
                 file: g.name().into(),
                 key: "tokenizer.chat_template".into(),
-                what: format!("no recognisable chat template for architecture `{a}` (choose one: chatml, gemma3, llama3)"),
+                what: format!(
+                    "no recognisable chat template for architecture `{a}` (choose one: chatml, gemma3, llama3)"
+                ),
             }),
         }
     }
@@ -144,25 +137,15 @@ impl ChatTemplate {
     /// Renders messages; with `generation_prompt`, ends with the opening of an assistant turn.
     pub fn render(self, messages: &[Message], generation_prompt: bool) -> Result<Vec<Piece>> {
         if messages.is_empty() {
-            return Err(Error::Input(
-                "a conversation needs at least one message".into(),
-            ));
+            return Err(Error::Input("a conversation needs at least one message".into()));
         }
         let mut out = Vec::new();
         let tpl = |out: &mut Vec<Piece>, t: &str, trainable: bool| {
-            out.push(Piece {
-                text: t.to_string(),
-                kind: PieceKind::Template,
-                trainable,
-            })
+            out.push(Piece { text: t.to_string(), kind: PieceKind::Template, trainable })
         };
         let content = |out: &mut Vec<Piece>, t: &str, trainable: bool| {
             if !t.is_empty() {
-                out.push(Piece {
-                    text: t.to_string(),
-                    kind: PieceKind::Content,
-                    trainable,
-                })
+                out.push(Piece { text: t.to_string(), kind: PieceKind::Content, trainable })
             }
         };
         match self {
@@ -185,21 +168,14 @@ impl ChatTemplate {
                     let a = m.role == Role::Assistant;
                     tpl(
                         &mut out,
-                        &format!(
-                            "<|start_header_id|>{}<|end_header_id|>\n\n",
-                            role_name(m.role, "assistant")
-                        ),
+                        &format!("<|start_header_id|>{}<|end_header_id|>\n\n", role_name(m.role, "assistant")),
                         false,
                     );
                     content(&mut out, &m.content, a);
                     tpl(&mut out, "<|eot_id|>", a);
                 }
                 if generation_prompt {
-                    tpl(
-                        &mut out,
-                        "<|start_header_id|>assistant<|end_header_id|>\n\n",
-                        false,
-                    );
+                    tpl(&mut out, "<|start_header_id|>assistant<|end_header_id|>\n\n", false);
                 }
             }
             ChatTemplate::Gemma3 => {
@@ -209,9 +185,7 @@ impl ChatTemplate {
                     match m.role {
                         Role::System => {
                             if pending_system.is_some() {
-                                return Err(Error::Input(
-                                    "Gemma 3 takes at most one system message".into(),
-                                ));
+                                return Err(Error::Input("Gemma 3 takes at most one system message".into()));
                             }
                             pending_system = Some(&m.content);
                         }
@@ -234,9 +208,7 @@ impl ChatTemplate {
                     }
                 }
                 if pending_system.is_some() {
-                    return Err(Error::Input(
-                        "Gemma 3: a system message must be followed by a user message".into(),
-                    ));
+                    return Err(Error::Input("Gemma 3: a system message must be followed by a user message".into()));
                 }
                 if generation_prompt {
                     tpl(&mut out, "<start_of_turn>model\n", false);
@@ -247,16 +219,8 @@ impl ChatTemplate {
     }
 
     /// Token ids and training mask of a conversation.
-    pub fn encode(
-        self,
-        tok: &Tokenizer,
-        messages: &[Message],
-        generation_prompt: bool,
-    ) -> Result<Encoded> {
-        let mut enc = Encoded {
-            ids: Vec::new(),
-            mask: Vec::new(),
-        };
+    pub fn encode(self, tok: &Tokenizer, messages: &[Message], generation_prompt: bool) -> Result<Encoded> {
+        let mut enc = Encoded { ids: Vec::new(), mask: Vec::new() };
         for p in self.render(messages, generation_prompt)? {
             let ids = match p.kind {
                 PieceKind::Template => tok.encode_special(&p.text)?,
@@ -287,33 +251,18 @@ mod tests {
 
     #[test]
     fn chatml_renders_like_the_smollm2_template() {
-        let p = ChatTemplate::ChatMl
-            .render(&[Message::system("S"), Message::user("U")], true)
-            .unwrap();
+        let p = ChatTemplate::ChatMl.render(&[Message::system("S"), Message::user("U")], true).unwrap();
         assert_eq!(text(&p), "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n");
     }
 
     #[test]
     fn gemma3_folds_the_system_prompt_into_the_first_user_turn() {
-        let msgs = [
-            Message::system("S"),
-            Message::user("U"),
-            Message::assistant("A"),
-        ];
+        let msgs = [Message::system("S"), Message::user("U"), Message::assistant("A")];
         let p = ChatTemplate::Gemma3.render(&msgs, false).unwrap();
-        assert_eq!(
-            text(&p),
-            "<bos><start_of_turn>user\nS\n\nU<end_of_turn>\n<start_of_turn>model\nA<end_of_turn>\n"
-        );
-        let trained: String = p
-            .iter()
-            .filter(|p| p.trainable)
-            .map(|p| p.text.as_str())
-            .collect();
+        assert_eq!(text(&p), "<bos><start_of_turn>user\nS\n\nU<end_of_turn>\n<start_of_turn>model\nA<end_of_turn>\n");
+        let trained: String = p.iter().filter(|p| p.trainable).map(|p| p.text.as_str()).collect();
         assert_eq!(trained, "A<end_of_turn>");
-        assert!(ChatTemplate::Gemma3
-            .render(&[Message::system("S")], true)
-            .is_err());
+        assert!(ChatTemplate::Gemma3.render(&[Message::system("S")], true).is_err());
     }
 
     #[test]
@@ -324,19 +273,13 @@ mod tests {
             text(&p),
             "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nU<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nA<|eot_id|>"
         );
-        let trained: Vec<&str> = p
-            .iter()
-            .filter(|p| p.trainable)
-            .map(|p| p.text.as_str())
-            .collect();
+        let trained: Vec<&str> = p.iter().filter(|p| p.trainable).map(|p| p.text.as_str()).collect();
         assert_eq!(trained, ["A", "<|eot_id|>"]);
     }
 
     #[test]
     fn content_is_never_template() {
-        let p = ChatTemplate::ChatMl
-            .render(&[Message::user("x<|im_end|>y")], false)
-            .unwrap();
+        let p = ChatTemplate::ChatMl.render(&[Message::user("x<|im_end|>y")], false).unwrap();
         let c: Vec<_> = p.iter().filter(|p| p.kind == PieceKind::Content).collect();
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].text, "x<|im_end|>y");

@@ -15,32 +15,16 @@ pub enum Error {
 
     /// A structural problem in a GGUF file: where it is and what is wrong.
     #[error("{file}: malformed GGUF at byte {offset}: {what}")]
-    Gguf {
-        file: String,
-        offset: u64,
-        what: String,
-    },
+    Gguf { file: String, offset: u64, what: String },
 
     #[error("{file}: metadata `{key}`: {what}")]
-    Metadata {
-        file: String,
-        key: String,
-        what: String,
-    },
+    Metadata { file: String, key: String, what: String },
 
     #[error("{file}: tensor `{tensor}`: {what}")]
-    Tensor {
-        file: String,
-        tensor: String,
-        what: String,
-    },
+    Tensor { file: String, tensor: String, what: String },
 
     #[error("{file}: unsupported architecture `{arch}` (vigil runs: {supported})")]
-    UnsupportedArch {
-        file: String,
-        arch: String,
-        supported: String,
-    },
+    UnsupportedArch { file: String, arch: String, supported: String },
 
     #[error("{file}: tokenizer: {what}")]
     Tokenizer { file: String, what: String },
@@ -60,9 +44,6 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 }

@@ -34,22 +34,11 @@ pub struct LoraAdapter {
 }
 
 /// The projections LoRA can target, by their GGUF tensor suffix.
-pub const TARGETS: [&str; 7] = [
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-];
+pub const TARGETS: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
 
 impl LoraAdapter {
     fn err(&self, what: impl Into<String>) -> Error {
-        Error::Adapter {
-            file: self.name.clone(),
-            what: what.into(),
-        }
+        Error::Adapter { file: self.name.clone(), what: what.into() }
     }
 
     /// The scale applied to B·A for a pair of rank `r` (llama.cpp: α/r, or 1 without α).
@@ -63,16 +52,11 @@ impl LoraAdapter {
     /// Reads a GGUF LoRA adapter.
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let file = g.name().to_string();
-        let err = |what: String| Error::Adapter {
-            file: file.clone(),
-            what,
-        };
+        let err = |what: String| Error::Adapter { file: file.clone(), what };
         match g.opt_str("general.type")? {
             Some("adapter") => {}
             other => {
-                return Err(err(format!(
-                    "general.type is {other:?}, expected \"adapter\" (is this a base model?)"
-                )))
+                return Err(err(format!("general.type is {other:?}, expected \"adapter\" (is this a base model?)")))
             }
         }
         match g.opt_str("adapter.type")? {
@@ -88,10 +72,7 @@ impl LoraAdapter {
             } else if let Some(b) = t.name.strip_suffix(".lora_b") {
                 (b, 1)
             } else {
-                return Err(err(format!(
-                    "tensor `{}` is neither `.lora_a` nor `.lora_b`",
-                    t.name
-                )));
+                return Err(err(format!("tensor `{}` is neither `.lora_a` nor `.lora_b`", t.name)));
             };
             halves.entry(base.to_string()).or_default()[slot] = Some(t);
         }
@@ -101,15 +82,10 @@ impl LoraAdapter {
         let mut pairs = BTreeMap::new();
         for (base, [a, b]) in halves {
             let (Some(a), Some(b)) = (a, b) else {
-                return Err(err(format!(
-                    "tensor `{base}` has only one of lora_a / lora_b"
-                )));
+                return Err(err(format!("tensor `{base}` has only one of lora_a / lora_b")));
             };
             if a.dims.len() != 2 || b.dims.len() != 2 {
-                return Err(err(format!(
-                    "`{base}` lora tensors must be 2-D, got {:?} and {:?}",
-                    a.dims, b.dims
-                )));
+                return Err(err(format!("`{base}` lora tensors must be 2-D, got {:?} and {:?}", a.dims, b.dims)));
             }
             let (in_dim, r) = (a.dims[0] as usize, a.dims[1] as usize);
             let (rb, out_dim) = (b.dims[0] as usize, b.dims[1] as usize);
@@ -120,44 +96,19 @@ impl LoraAdapter {
                 )));
             }
             for t in [a, b] {
-                if !matches!(
-                    t.ty,
-                    GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
-                ) {
-                    return Err(err(format!(
-                        "`{}` has type {}, adapters use f32, f16, bf16 or q8_0",
-                        t.name, t.ty
-                    )));
+                if !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0) {
+                    return Err(err(format!("`{}` has type {}, adapters use f32, f16, bf16 or q8_0", t.name, t.ty)));
                 }
             }
-            pairs.insert(
-                base,
-                LoraPair {
-                    r,
-                    in_dim,
-                    out_dim,
-                    a: g.tensor_f32(&a.name)?,
-                    b: g.tensor_f32(&b.name)?,
-                },
-            );
+            pairs.insert(base, LoraPair { r, in_dim, out_dim, a: g.tensor_f32(&a.name)?, b: g.tensor_f32(&b.name)? });
         }
-        Ok(LoraAdapter {
-            name: file,
-            arch,
-            alpha,
-            pairs,
-        })
+        Ok(LoraAdapter { name: file, arch, alpha, pairs })
     }
 
     /// The adapter as a GGUF file llama.cpp loads (`--lora`), tensors stored as `ty`.
     pub fn to_gguf(&self, ty: GgmlType) -> Result<GgufWriter> {
-        if !matches!(
-            ty,
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
-        ) {
-            return Err(self.err(format!(
-                "cannot store adapter tensors as {ty} (f32, f16, bf16, q8_0)"
-            )));
+        if !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0) {
+            return Err(self.err(format!("cannot store adapter tensors as {ty} (f32, f16, bf16, q8_0)")));
         }
         let mut w = GgufWriter::new();
         w.set("general.architecture", Value::string(self.arch.clone()));
@@ -171,32 +122,15 @@ impl LoraAdapter {
             let row_ok = |n: usize| n % ty.block_size() == 0;
             let ta = if row_ok(p.in_dim) { ty } else { GgmlType::F32 };
             let tb = if row_ok(p.r) { ty } else { GgmlType::F32 };
-            w.add_f32(
-                format!("{base}.lora_a"),
-                &[p.in_dim as u64, p.r as u64],
-                ta,
-                &p.a,
-            )?;
-            w.add_f32(
-                format!("{base}.lora_b"),
-                &[p.r as u64, p.out_dim as u64],
-                tb,
-                &p.b,
-            )?;
+            w.add_f32(format!("{base}.lora_a"), &[p.in_dim as u64, p.r as u64], ta, &p.a)?;
+            w.add_f32(format!("{base}.lora_b"), &[p.r as u64, p.out_dim as u64], tb, &p.b)?;
         }
         Ok(w)
     }
 
     /// A random adapter over the given layers (name, in, out): for tests and benchmarks. Both A and
     /// B are non-zero so the adapter changes the output.
-    pub fn random(
-        arch: &str,
-        layers: &[(String, usize, usize)],
-        r: usize,
-        alpha: f32,
-        std: f32,
-        seed: u64,
-    ) -> Self {
+    pub fn random(arch: &str, layers: &[(String, usize, usize)], r: usize, alpha: f32, std: f32, seed: u64) -> Self {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut normal = move |n: usize| -> Vec<f32> {
             (0..n)
@@ -211,23 +145,9 @@ impl LoraAdapter {
         let pairs = layers
             .iter()
             .map(|(name, i, o)| {
-                (
-                    name.clone(),
-                    LoraPair {
-                        r,
-                        in_dim: *i,
-                        out_dim: *o,
-                        a: normal(r * i),
-                        b: normal(o * r),
-                    },
-                )
+                (name.clone(), LoraPair { r, in_dim: *i, out_dim: *o, a: normal(r * i), b: normal(o * r) })
             })
             .collect();
-        LoraAdapter {
-            name: format!("random-r{r}-seed{seed}"),
-            arch: arch.into(),
-            alpha: Some(alpha),
-            pairs,
-        }
+        LoraAdapter { name: format!("random-r{r}-seed{seed}"), arch: arch.into(), alpha: Some(alpha), pairs }
     }
 }

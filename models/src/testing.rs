@@ -34,19 +34,13 @@ pub fn model_for_test(name: &str) -> Option<PathBuf> {
 
 /// The repository root (for `tools/` scripts and fixtures).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// A `python3` that can `import` every module in `modules`.
 pub fn python_with(modules: &[&str]) -> Option<Command> {
     let python = std::env::var("VIGIL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = Command::new(&python)
-        .arg("-c")
-        .arg(format!("import {}", modules.join(", ")))
-        .output();
+    let probe = Command::new(&python).arg("-c").arg(format!("import {}", modules.join(", "))).output();
     match probe {
         Ok(o) if o.status.success() => Some(Command::new(python)),
         _ => {

@@ -81,10 +81,7 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer")
-            .field("kind", &self.kind)
-            .field("vocab", &self.texts.len())
-            .finish()
+        f.debug_struct("Tokenizer").field("kind", &self.kind).field("vocab", &self.texts.len()).finish()
     }
 }
 
@@ -97,22 +94,20 @@ enum Fragment<'a> {
 impl Tokenizer {
     /// Builds the tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
-        let err = |what: String| Error::Tokenizer {
-            file: g.name().to_string(),
-            what,
-        };
+        let err = |what: String| Error::Tokenizer { file: g.name().to_string(), what };
         let model = g.str("tokenizer.ggml.model")?;
         let kind = match model {
             "gpt2" => VocabKind::Gpt2Bpe,
             "llama" => VocabKind::SentencePiece,
-            other => return Err(err(format!("vocabulary type `{other}` is not supported (vigil reads gpt2 and llama/SentencePiece)"))),
+            other => {
+                return Err(err(format!(
+                    "vocabulary type `{other}` is not supported (vigil reads gpt2 and llama/SentencePiece)"
+                )))
+            }
         };
         let texts: Vec<String> = g.str_array("tokenizer.ggml.tokens")?.to_vec();
         if texts.is_empty() || texts.len() > MAX_VOCAB {
-            return Err(err(format!(
-                "vocabulary of {} tokens (expected 1..={MAX_VOCAB})",
-                texts.len()
-            )));
+            return Err(err(format!("vocabulary of {} tokens (expected 1..={MAX_VOCAB})", texts.len())));
         }
         let n = texts.len();
         let types: Vec<TokenType> = match g.get("tokenizer.ggml.token_type") {
@@ -128,20 +123,15 @@ impl Tokenizer {
         let special_id = |key: &str| -> Result<Option<u32>> {
             match g.opt_u64(key)? {
                 Some(id) if (id as usize) < n => Ok(Some(id as u32)),
-                Some(id) => Err(err(format!(
-                    "{key} = {id} is outside the vocabulary of {n}"
-                ))),
+                Some(id) => Err(err(format!("{key} = {id} is outside the vocabulary of {n}"))),
                 None => Ok(None),
             }
         };
         let bos = special_id("tokenizer.ggml.bos_token_id")?;
         let eos = special_id("tokenizer.ggml.eos_token_id")?;
-        let add_bos = g
-            .opt_bool("tokenizer.ggml.add_bos_token")?
-            .unwrap_or(kind == VocabKind::SentencePiece);
-        let add_space_prefix = g
-            .opt_bool("tokenizer.ggml.add_space_prefix")?
-            .unwrap_or(kind == VocabKind::SentencePiece);
+        let add_bos = g.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(kind == VocabKind::SentencePiece);
+        let add_space_prefix =
+            g.opt_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(kind == VocabKind::SentencePiece);
 
         let mut by_text = HashMap::with_capacity(n);
         for (i, t) in texts.iter().enumerate() {
@@ -160,10 +150,7 @@ impl Tokenizer {
                     .map(|(t, ty)| match ty {
                         TokenType::Control | TokenType::Unknown => Vec::new(),
                         TokenType::UserDefined => t.as_bytes().to_vec(),
-                        _ => t
-                            .chars()
-                            .map(|c| table.get(&c).copied().unwrap_or(b'?'))
-                            .collect(),
+                        _ => t.chars().map(|c| table.get(&c).copied().unwrap_or(b'?')).collect(),
                     })
                     .collect();
                 (bpe, pieces, None)
@@ -177,11 +164,7 @@ impl Tokenizer {
                         }
                         arr.iter().map(|&v| v as f32).collect()
                     }
-                    None => {
-                        return Err(err(
-                            "SentencePiece vocabulary without tokenizer.ggml.scores".into(),
-                        ))
-                    }
+                    None => return Err(err("SentencePiece vocabulary without tokenizer.ggml.scores".into())),
                 };
                 let mut bytes = Box::new([u32::MAX; 256]);
                 for (i, (t, ty)) in texts.iter().zip(&types).enumerate() {
@@ -191,10 +174,7 @@ impl Tokenizer {
                         }
                     }
                 }
-                let unk = g
-                    .opt_u64("tokenizer.ggml.unknown_token_id")?
-                    .map(|u| u as usize)
-                    .filter(|&u| u < n);
+                let unk = g.opt_u64("tokenizer.ggml.unknown_token_id")?.map(|u| u as usize).filter(|&u| u < n);
                 let bpe = build_spm(&texts, &types, &scores, unk).map_err(err)?;
                 let pieces = texts
                     .iter()
@@ -223,8 +203,7 @@ impl Tokenizer {
             }
         }
         // Longest first, as llama.cpp partitions; ties by id for determinism.
-        let by_len =
-            |a: &(String, u32), b: &(String, u32)| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1));
+        let by_len = |a: &(String, u32), b: &(String, u32)| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1));
         user_defined.sort_by(by_len);
         control.sort_by(by_len);
 
@@ -273,10 +252,7 @@ impl Tokenizer {
     }
     /// True for control tokens (end of turn, BOS/EOS, role markers).
     pub fn is_control(&self, id: u32) -> bool {
-        matches!(
-            self.token_type(id),
-            Some(TokenType::Control | TokenType::Unknown)
-        )
+        matches!(self.token_type(id), Some(TokenType::Control | TokenType::Unknown))
     }
 
     /// Encodes user content: control-token text stays plain text. No BOS is added.
@@ -306,10 +282,7 @@ impl Tokenizer {
                     prev_special = true;
                 }
                 Fragment::Text(t) => {
-                    let t = if self.kind == VocabKind::SentencePiece
-                        && self.add_space_prefix
-                        && prev_special
-                    {
+                    let t = if self.kind == VocabKind::SentencePiece && self.add_space_prefix && prev_special {
                         buf.clear();
                         buf.push(' ');
                         buf.push_str(t);
@@ -324,10 +297,7 @@ impl Tokenizer {
                     let enc = self
                         .bpe
                         .encode_fast(t, false)
-                        .map_err(|e| Error::Tokenizer {
-                            file: "<tokenizer>".into(),
-                            what: e.to_string(),
-                        })?;
+                        .map_err(|e| Error::Tokenizer { file: "<tokenizer>".into(), what: e.to_string() })?;
                     out.extend_from_slice(enc.get_ids());
                 }
             }
@@ -337,27 +307,18 @@ impl Tokenizer {
 
     /// The bytes a token stands for (empty for control tokens).
     pub fn token_bytes(&self, id: u32) -> &[u8] {
-        self.pieces
-            .get(id as usize)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        self.pieces.get(id as usize).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Decodes ids to text (control tokens omitted, invalid UTF-8 replaced).
     pub fn decode(&self, ids: &[u32]) -> String {
-        let bytes: Vec<u8> = ids
-            .iter()
-            .flat_map(|&i| self.token_bytes(i).iter().copied())
-            .collect();
+        let bytes: Vec<u8> = ids.iter().flat_map(|&i| self.token_bytes(i).iter().copied()).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// The token of a single byte (SentencePiece byte fallback), if the vocabulary has one.
     pub fn byte_token(&self, b: u8) -> Option<u32> {
-        self.byte_tokens
-            .as_ref()
-            .map(|t| t[b as usize])
-            .filter(|&i| i != u32::MAX)
+        self.byte_tokens.as_ref().map(|t| t[b as usize]).filter(|&i| i != u32::MAX)
     }
 }
 
@@ -365,10 +326,7 @@ impl Tokenizer {
 fn partition<'a>(frags: Vec<Fragment<'a>>, tokens: &[(String, u32)]) -> Vec<Fragment<'a>> {
     let mut frags = frags;
     for (tok, id) in tokens {
-        if !frags
-            .iter()
-            .any(|f| matches!(f, Fragment::Text(t) if t.contains(tok.as_str())))
-        {
+        if !frags.iter().any(|f| matches!(f, Fragment::Text(t) if t.contains(tok.as_str()))) {
             continue;
         }
         let mut next = Vec::with_capacity(frags.len() + 2);
@@ -396,8 +354,7 @@ fn partition<'a>(frags: Vec<Fragment<'a>>, tokens: &[(String, u32)]) -> Vec<Frag
 
 /// Pre-tokenizer regexes per `tokenizer.ggml.pre`, as llama.cpp applies them (in order).
 fn pre_tokenizer_regexes(pre: &str) -> Option<Vec<&'static str>> {
-    const GPT2: &str =
-        r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+    const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
     const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     Some(match pre {
@@ -414,19 +371,13 @@ fn pre_tokenizer_regexes(pre: &str) -> Option<Vec<&'static str>> {
     })
 }
 
-fn build_gpt2(
-    texts: &[String],
-    merges: &[String],
-    pre: &str,
-) -> std::result::Result<tokenizers::Tokenizer, String> {
+fn build_gpt2(texts: &[String], merges: &[String], pre: &str) -> std::result::Result<tokenizers::Tokenizer, String> {
     let regexes = pre_tokenizer_regexes(pre).ok_or_else(|| {
-        format!("pre-tokenizer `{pre}` is not supported (vigil knows gpt-2, smollm, starcoder, llama-bpe, qwen2, default)")
+        format!(
+            "pre-tokenizer `{pre}` is not supported (vigil knows gpt-2, smollm, starcoder, llama-bpe, qwen2, default)"
+        )
     })?;
-    let vocab: tokenizers::models::bpe::Vocab = texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
+    let vocab: tokenizers::models::bpe::Vocab = texts.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
     let merges = merges
         .iter()
         .enumerate()
@@ -436,24 +387,15 @@ fn build_gpt2(
                 (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => {
                     Ok((a.to_string(), b.to_string()))
                 }
-                _ => Err(format!(
-                    "merge {i} `{m}` is not two tokens separated by one space"
-                )),
+                _ => Err(format!("merge {i} `{m}` is not two tokens separated by one space")),
             }
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| e.to_string())?;
     let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
     for re in regexes {
-        let split = Split::new(
-            SplitPattern::Regex(re.to_string()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(|e| format!("pre-tokenizer regex: {e}"))?;
+        let split = Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(|e| format!("pre-tokenizer regex: {e}"))?;
         steps.push(split.into());
     }
     steps.push(ByteLevel::new(false, false, false).into());
@@ -471,12 +413,7 @@ fn build_spm(
     scores: &[f32],
     unk: Option<usize>,
 ) -> std::result::Result<tokenizers::Tokenizer, String> {
-    let mergeable = |i: usize| {
-        matches!(
-            types[i],
-            TokenType::Normal | TokenType::Undefined | TokenType::Unused
-        )
-    };
+    let mergeable = |i: usize| matches!(types[i], TokenType::Normal | TokenType::Undefined | TokenType::Unused);
     let mut index: HashMap<&str, usize> = HashMap::with_capacity(texts.len());
     for (i, t) in texts.iter().enumerate() {
         index.insert(t.as_str(), i);
@@ -494,26 +431,17 @@ fn build_spm(
         }
     }
     ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
-    let merges: Vec<(String, String)> = ranked
-        .into_iter()
-        .map(|(_, _, l, r)| (texts[l].clone(), texts[r].clone()))
-        .collect();
-    let vocab: tokenizers::models::bpe::Vocab = texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
-    let mut builder = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .byte_fallback(true);
+    let merges: Vec<(String, String)> =
+        ranked.into_iter().map(|(_, _, l, r)| (texts[l].clone(), texts[r].clone())).collect();
+    let vocab: tokenizers::models::bpe::Vocab = texts.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
     if let Some(u) = unk {
         builder = builder.unk_token(texts[u].clone());
     }
     let bpe = builder.build().map_err(|e| e.to_string())?;
     let mut tk = tokenizers::Tokenizer::new(bpe);
     let space = Replace::new(" ", "\u{2581}").map_err(|e| e.to_string())?;
-    tk.with_normalizer(Some(NormalizerWrapper::from(space)))
-        .map_err(|e| e.to_string())?;
+    tk.with_normalizer(Some(NormalizerWrapper::from(space))).map_err(|e| e.to_string())?;
     Ok(tk)
 }
 

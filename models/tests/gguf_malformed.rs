@@ -73,17 +73,11 @@ fn sample() -> Vec<u8> {
     w.set("general.architecture", Value::string("llama"));
     w.set("general.name", Value::string("sample"));
     w.set("llama.block_count", Value::U32(2));
-    w.set(
-        "tokenizer.ggml.tokens",
-        Value::str_array(["a", "b", "<|im_end|>"]),
-    );
+    w.set("tokenizer.ggml.tokens", Value::str_array(["a", "b", "<|im_end|>"]));
     w.set("tokenizer.ggml.scores", Value::f32_array([0.0, -1.0, -2.0]));
-    w.add_f32("t.f32", &[4, 2], GgmlType::F32, &[1.0; 8])
-        .unwrap();
-    w.add_f32("t.q8", &[32, 2], GgmlType::Q8_0, &[0.5; 64])
-        .unwrap();
-    w.add_f32("t.q41", &[32], GgmlType::Q4_1, &[0.25; 32])
-        .unwrap();
+    w.add_f32("t.f32", &[4, 2], GgmlType::F32, &[1.0; 8]).unwrap();
+    w.add_f32("t.q8", &[32, 2], GgmlType::Q8_0, &[0.5; 64]).unwrap();
+    w.add_f32("t.q41", &[32], GgmlType::Q4_1, &[0.25; 32]).unwrap();
     w.to_bytes()
 }
 
@@ -96,12 +90,7 @@ fn sample_is_valid_and_every_truncation_is_an_error() {
         let r = check_input(&s[..n]);
         let data_end = {
             let g = Gguf::from_bytes("s", s.clone()).unwrap();
-            let last = g
-                .tensors()
-                .iter()
-                .map(|t| g.data_offset() + t.offset + t.n_bytes)
-                .max()
-                .unwrap();
+            let last = g.tensors().iter().map(|t| g.data_offset() + t.offset + t.n_bytes).max().unwrap();
             last as usize
         };
         if n < data_end {
@@ -113,10 +102,7 @@ fn sample_is_valid_and_every_truncation_is_an_error() {
 
 fn expect_error(bytes: &[u8], needle: &str) {
     let e = check_input(bytes).expect_err("parsed");
-    assert!(
-        e.contains(needle),
-        "expected an error mentioning {needle:?}, got: {e}"
-    );
+    assert!(e.contains(needle), "expected an error mentioning {needle:?}, got: {e}");
 }
 
 /// Builds a header by hand (v3 layout unless `version` says 1).
@@ -126,10 +112,7 @@ struct Raw {
 }
 impl Raw {
     fn new(version: u32, n_tensors: u64, n_kv: u64) -> Self {
-        let mut r = Raw {
-            buf: b"GGUF".to_vec(),
-            version,
-        };
+        let mut r = Raw { buf: b"GGUF".to_vec(), version };
         r.u32(version);
         r.len(n_tensors);
         r.len(n_kv);
@@ -178,19 +161,10 @@ fn clear_errors_for_each_kind_of_corruption() {
     expect_error(&Raw::new(3, 0, 1 << 60).buf, "metadata count");
     // a string whose length is far beyond the file
     let padded = |r: &Raw| [r.buf.as_slice(), &[0u8; 64]].concat();
-    expect_error(
-        &padded(Raw::new(3, 0, 1).u64(u64::MAX)),
-        "metadata key length",
-    );
+    expect_error(&padded(Raw::new(3, 0, 1).u64(u64::MAX)), "metadata key length");
     // an array claiming 2^61 u64 elements
-    expect_error(
-        &padded(Raw::new(3, 0, 1).str("k").u32(9).u32(10).u64(1 << 61)),
-        "array element count",
-    );
-    expect_error(
-        &Raw::new(3, 0, 1).str("k").u32(13).buf,
-        "unknown value type 13",
-    );
+    expect_error(&padded(Raw::new(3, 0, 1).str("k").u32(9).u32(10).u64(1 << 61)), "array element count");
+    expect_error(&Raw::new(3, 0, 1).str("k").u32(13).buf, "unknown value type 13");
     expect_error(&Raw::new(3, 0, 1).str("k").u32(7).buf, "truncated");
     let mut bad_bool = Raw::new(3, 0, 1);
     bad_bool.str("k").u32(7).buf.push(2);
@@ -198,24 +172,9 @@ fn clear_errors_for_each_kind_of_corruption() {
     let mut dup = Raw::new(3, 0, 2);
     dup.str("k").u32(4).u32(1).str("k").u32(4).u32(2);
     expect_error(&dup.buf, "duplicate metadata key `k`");
+    expect_error(&Raw::new(3, 0, 1).str("general.alignment").u32(4).u32(24).buf, "power-of-two");
     expect_error(
-        &Raw::new(3, 0, 1)
-            .str("general.alignment")
-            .u32(4)
-            .u32(24)
-            .buf,
-        "power-of-two",
-    );
-    expect_error(
-        &Raw::new(3, 0, 1)
-            .str("k")
-            .u32(8)
-            .u64(2)
-            .buf
-            .iter()
-            .chain(b"\xff\xfe")
-            .copied()
-            .collect::<Vec<_>>(),
+        &Raw::new(3, 0, 1).str("k").u32(8).u64(2).buf.iter().chain(b"\xff\xfe").copied().collect::<Vec<_>>(),
         "UTF-8",
     );
 
@@ -300,19 +259,16 @@ fn real_header_truncated_or_flipped_never_panics() {
         })
         .unwrap();
     runner
-        .run(
-            &prop::collection::vec((0..data_offset, 0u8..8), 1..4),
-            |flips| {
-                let mut b = bytes.borrow_mut();
-                for &(i, bit) in &flips {
-                    b[i] ^= 1 << bit;
-                }
-                let _ = check_input(&b);
-                for &(i, bit) in &flips {
-                    b[i] ^= 1 << bit;
-                }
-                Ok(())
-            },
-        )
+        .run(&prop::collection::vec((0..data_offset, 0u8..8), 1..4), |flips| {
+            let mut b = bytes.borrow_mut();
+            for &(i, bit) in &flips {
+                b[i] ^= 1 << bit;
+            }
+            let _ = check_input(&b);
+            for &(i, bit) in &flips {
+                b[i] ^= 1 << bit;
+            }
+            Ok(())
+        })
         .unwrap();
 }

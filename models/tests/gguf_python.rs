@@ -14,34 +14,20 @@ fn script() -> std::path::PathBuf {
 
 fn run(mut cmd: Command) -> String {
     let out = cmd.output().expect("run python");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
 fn read_f32(path: &std::path::Path) -> Vec<f32> {
-    std::fs::read(path)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
+    std::fs::read(path).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
 }
 
 /// Every element equal, bit for bit (both sides follow ggml's reference formulas in f32).
 fn assert_same(what: &str, ours: &[f32], theirs: &[f32]) {
     assert_eq!(ours.len(), theirs.len(), "{what}: length");
-    let bad = ours
-        .iter()
-        .zip(theirs)
-        .position(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan()));
+    let bad = ours.iter().zip(theirs).position(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan()));
     if let Some(i) = bad {
-        panic!(
-            "{what}: element {i} differs: vigil {} vs gguf-py {}",
-            ours[i], theirs[i]
-        );
+        panic!("{what}: element {i} differs: vigil {} vs gguf-py {}", ours[i], theirs[i]);
     }
 }
 
@@ -108,27 +94,13 @@ fn quantization_matches_python_bytes() {
     x.extend((0..32).map(|i| -1.0 - i as f32));
     let tmp = TempDir::new("quant");
     let src = tmp.path().join("x.f32");
-    std::fs::write(
-        &src,
-        x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
-    )
-    .unwrap();
-    for ty in [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::F16,
-        GgmlType::BF16,
-    ] {
+    std::fs::write(&src, x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    for ty in
+        [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::F16, GgmlType::BF16]
+    {
         let dst = tmp.path().join(format!("{ty}.bin"));
         let mut cmd = python_with(&["gguf"]).unwrap();
-        cmd.arg(script())
-            .arg("quantize")
-            .arg(ty.name())
-            .arg(&src)
-            .arg(&dst);
+        cmd.arg(script()).arg("quantize").arg(ty.name()).arg(&src).arg(&dst);
         run(cmd);
         let theirs = std::fs::read(&dst).unwrap();
         let ours = codec::quantize(ty, &x).unwrap();
@@ -159,10 +131,7 @@ fn every_value_type() -> Vec<(&'static str, Value)> {
         ("test.u64", Value::U64(1 << 40)),
         ("test.i64", Value::I64(-(1 << 40))),
         ("test.f64", Value::F64(-2.25)),
-        (
-            "test.strings",
-            Value::str_array(["a", "", "ünï", "<|im_end|>"]),
-        ),
+        ("test.strings", Value::str_array(["a", "", "ünï", "<|im_end|>"])),
         ("test.f32s", Value::f32_array([0.5, -1.0, 3.25])),
         ("test.i32s", Value::i32_array([1, -2, 3])),
         ("test.empty", Value::Array(Array::U8(vec![]))),
@@ -175,11 +144,7 @@ fn written_files_are_read_back_by_vigil_and_python() {
     for (k, v) in every_value_type() {
         w.set(k, v);
     }
-    let ramp = |n: usize| {
-        (0..n)
-            .map(|i| ((i * 7919) % 97) as f32 / 13.0 - 3.0)
-            .collect::<Vec<f32>>()
-    };
+    let ramp = |n: usize| (0..n).map(|i| ((i * 7919) % 97) as f32 / 13.0 - 3.0).collect::<Vec<f32>>();
     let tensors: Vec<(&str, Vec<u64>, GgmlType)> = vec![
         ("a.f32", vec![3, 5], GgmlType::F32),
         ("b.f16", vec![7], GgmlType::F16),
@@ -230,46 +195,22 @@ fn written_files_are_read_back_by_vigil_and_python() {
             Value::Array(a) => {
                 if !a.is_empty() {
                     // (gguf-py reports no element type for an empty array)
-                    assert_eq!(
-                        got["array"][1].as_u64(),
-                        Some(a.elem_type() as u64),
-                        "{k} element type"
-                    );
+                    assert_eq!(got["array"][1].as_u64(), Some(a.elem_type() as u64), "{k} element type");
                 }
-                assert_eq!(
-                    got["value"].as_array().unwrap().len(),
-                    a.len(),
-                    "{k} length"
-                );
+                assert_eq!(got["value"].as_array().unwrap().len(), a.len(), "{k} length");
                 if let Some(strings) = a.as_strings() {
-                    let theirs: Vec<&str> = got["value"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|x| x.as_str().unwrap())
-                        .collect();
-                    assert_eq!(
-                        theirs,
-                        strings.iter().map(String::as_str).collect::<Vec<_>>(),
-                        "{k}"
-                    );
+                    let theirs: Vec<&str> =
+                        got["value"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+                    assert_eq!(theirs, strings.iter().map(String::as_str).collect::<Vec<_>>(), "{k}");
                 }
                 if let Some(nums) = a.to_f64() {
-                    let theirs: Vec<f64> = got["value"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|x| x.as_f64().unwrap())
-                        .collect();
+                    let theirs: Vec<f64> =
+                        got["value"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
                     assert_eq!(theirs, nums, "{k}");
                 }
             }
             _ => {
-                assert_eq!(
-                    got["type"].as_u64(),
-                    Some(v.value_type() as u64),
-                    "{k} type"
-                );
+                assert_eq!(got["type"].as_u64(), Some(v.value_type() as u64), "{k} type");
                 match v {
                     Value::String(s) => assert_eq!(got["value"].as_str(), Some(s.as_str())),
                     Value::Bool(b) => assert_eq!(got["value"].as_bool(), Some(b)),
@@ -278,27 +219,15 @@ fn written_files_are_read_back_by_vigil_and_python() {
             }
         }
     }
-    let py_tensors: HashMap<String, &Json> = j["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["name"].as_str().unwrap().to_string(), t))
-        .collect();
+    let py_tensors: HashMap<String, &Json> =
+        j["tensors"].as_array().unwrap().iter().map(|t| (t["name"].as_str().unwrap().to_string(), t)).collect();
     for (name, dims, ty) in &tensors {
         let t = py_tensors[*name];
         assert_eq!(t["type"].as_str(), Some(ty.name()), "{name}");
-        let py_dims: Vec<u64> = t["dims"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap())
-            .collect();
+        let py_dims: Vec<u64> = t["dims"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
         assert_eq!(&py_dims, dims, "{name} dims");
         let ours: f64 = g.tensor_f32(name).unwrap().iter().map(|&v| v as f64).sum();
-        assert!(
-            (ours - t["sum"].as_f64().unwrap()).abs() < 1e-4,
-            "{name} sum"
-        );
+        assert!((ours - t["sum"].as_f64().unwrap()).abs() < 1e-4, "{name} sum");
     }
 }
 
@@ -330,18 +259,8 @@ fn reader_agrees_with_python_on_real_models() {
         assert_eq!(pt.len(), g.tensors().len());
         for (ours, theirs) in g.tensors().iter().zip(pt) {
             assert_eq!(theirs["name"].as_str(), Some(ours.name.as_str()));
-            assert_eq!(
-                theirs["type"].as_str(),
-                Some(ours.ty.name()),
-                "{}",
-                ours.name
-            );
-            assert_eq!(
-                theirs["offset"].as_u64(),
-                Some(g.data_offset() + ours.offset),
-                "{}",
-                ours.name
-            );
+            assert_eq!(theirs["type"].as_str(), Some(ours.ty.name()), "{}", ours.name);
+            assert_eq!(theirs["offset"].as_u64(), Some(g.data_offset() + ours.offset), "{}", ours.name);
         }
     }
 }

@@ -27,6 +27,10 @@ pub struct ClassifyOptions {
     pub sampling: SamplingParams,
     /// Stop as soon as the verdict lines are complete.
     pub stop_at_verdict: bool,
+    /// When the model stops (or loops) without a verdict, write `Classification:` for it and let
+    /// it choose between the candidate continuations by likelihood (see [`Guard::classify`]).
+    /// Off for evaluations that measure format compliance.
+    pub force_verdict: bool,
 }
 
 impl Default for ClassifyOptions {
@@ -35,9 +39,13 @@ impl Default for ClassifyOptions {
             max_tokens: 384,
             sampling: SamplingParams::greedy(),
             stop_at_verdict: true,
+            force_verdict: true,
         }
     }
 }
+
+/// Tokens kept free for a forced verdict.
+const FORCE_RESERVE: usize = 48;
 
 /// Something that happened while classifying, reported as it happens.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +69,8 @@ pub enum StopReason {
     Cancelled,
     /// The context is full.
     Context,
+    /// The model started repeating itself.
+    Repetition,
 }
 
 /// Timings and counts of one request.
@@ -81,8 +91,11 @@ pub struct Stats {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub verdict: Parsed,
-    /// Everything the model generated.
+    /// Everything the model generated (and, if `forced`, the verdict written for it).
     pub raw: String,
+    /// The verdict lines were written by the engine and chosen by likelihood, because the model
+    /// did not write them itself.
+    pub forced: bool,
     pub stop: StopReason,
     pub stats: Stats,
 }
@@ -166,10 +179,7 @@ impl Guard {
 
     /// The prompt token ids of a request.
     pub fn prompt_ids(&self, req: &GuardRequest) -> Result<Vec<u32>> {
-        Ok(self
-            .template
-            .encode(&self.tokenizer, &req.messages(), true)?
-            .ids)
+        Ok(self.template.encode(&self.tokenizer, &req.messages(), true)?.ids)
     }
 
     /// Classifies one request, reporting tokens and section text to `on_event` as they are
@@ -190,7 +200,8 @@ impl Guard {
         }
         let ids = self.prompt_ids(req)?;
         let ctx = self.backend.context();
-        if ids.len() + opts.max_tokens > ctx {
+        let reserve = if opts.force_verdict { FORCE_RESERVE } else { 0 };
+        if ids.len() + opts.max_tokens + reserve > ctx {
             return Err(Error::Input(format!(
                 "the request is {} tokens and needs room for {} more, but the context holds {ctx}: vigil refuses rather than \
                  cutting the content (a cut could drop the unsafe part). Shorten it, split it, or lower --max-tokens.",
@@ -200,12 +211,7 @@ impl Guard {
         }
         let clock = Clock::start();
         // Reuse the KV state of the prefix shared with what the backend holds.
-        let mut common = self
-            .held
-            .iter()
-            .zip(&ids)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let mut common = self.held.iter().zip(&ids).take_while(|(a, b)| a == b).count();
         if common == ids.len() {
             common -= 1; // at least one token must be fed to get logits
         }
@@ -214,33 +220,25 @@ impl Guard {
         let mut sampler = Sampler::new(opts.sampling);
         let mut parser = StreamParser::new(req.format, req.mode);
         let mut decoder = TokenDecoder::new();
-        let mut stats = Stats {
-            prompt_tokens: ids.len(),
-            reused_tokens: common,
-            ..Stats::default()
-        };
+        let mut stats = Stats { prompt_tokens: ids.len(), reused_tokens: common, ..Stats::default() };
 
         let mut next = self.backend.forward_sample(&ids[common..], &mut sampler)?;
         self.held.extend_from_slice(&ids[common..]);
         stats.prefill_ms = clock.ms();
         stats.ttft_ms = stats.prefill_ms;
         let decode_start = clock.ms();
+        let mut generated: Vec<u32> = Vec::new();
         let stop = loop {
             if self.stop_ids.contains(&next) {
                 break StopReason::EndOfTurn;
             }
             stats.generated_tokens += 1;
+            generated.push(next);
             let text = decoder.push(&self.tokenizer, next);
-            let mut flow = on_event(&Event::Token {
-                id: next,
-                text: &text,
-            });
+            let mut flow = on_event(&Event::Token { id: next, text: &text });
             for u in parser.push(&text) {
                 if flow.is_continue() {
-                    flow = on_event(&Event::Text {
-                        section: u.section,
-                        text: &u.text,
-                    });
+                    flow = on_event(&Event::Text { section: u.section, text: &u.text });
                 }
             }
             if flow.is_break() {
@@ -252,8 +250,11 @@ impl Guard {
             if stats.generated_tokens >= opts.max_tokens {
                 break StopReason::MaxTokens;
             }
-            if self.backend.position() + 1 > ctx {
+            if self.backend.position() + 1 + reserve > ctx {
                 break StopReason::Context;
+            }
+            if repeating(&generated) {
+                break StopReason::Repetition;
             }
             let cur = next;
             next = self.backend.forward_sample(&[cur], &mut sampler)?;
@@ -261,24 +262,82 @@ impl Guard {
         };
         let tail = decoder.finish();
         let mut updates = parser.push(&tail);
-        let (rest, verdict) = parser.finish();
+        let (rest, mut verdict) = parser.finish();
         updates.extend(rest);
         for u in updates {
-            let _ = on_event(&Event::Text {
-                section: u.section,
-                text: &u.text,
-            });
+            let _ = on_event(&Event::Text { section: u.section, text: &u.text });
+        }
+        let mut forced = false;
+        if verdict.is_err() && opts.force_verdict && stop != StopReason::Cancelled {
+            // The last sampled token is part of the text unless it ended the turn.
+            let pending: Vec<u32> = if stop == StopReason::EndOfTurn { vec![] } else { vec![next] };
+            let suffix = self.force_verdict(req, &pending)?;
+            let mut updates = parser.push(&suffix);
+            let (rest, v) = parser.finish();
+            updates.extend(rest);
+            for u in updates {
+                let _ = on_event(&Event::Text { section: u.section, text: &u.text });
+            }
+            verdict = v;
+            forced = true;
         }
         stats.decode_ms = clock.ms() - decode_start;
         if stats.generated_tokens > 1 && stats.decode_ms > 0.0 {
             stats.decode_tok_s = (stats.generated_tokens - 1) as f64 / (stats.decode_ms / 1000.0);
         }
-        Ok(Outcome {
-            verdict,
-            raw: parser.text().to_string(),
-            stop,
-            stats,
-        })
+        Ok(Outcome { verdict, raw: parser.text().to_string(), forced, stop, stats })
+    }
+
+    /// Writes the verdict lines after whatever the model generated, choosing each open value by
+    /// the model's own likelihood: SAFE vs UNSAFE, then (all-policies mode, UNSAFE) the most likely
+    /// policy. `pending` are generated tokens not yet fed to the backend. Returns the added text.
+    fn force_verdict(&mut self, req: &GuardRequest, pending: &[u32]) -> Result<String> {
+        use vigil_models::guard::{Mode, OutputFormat, Policy};
+        let (open, close) = match req.format {
+            OutputFormat::Rsft => ("\n\nClassification:", ""),
+            OutputFormat::DualStream => ("\n</think>\n<answer>\nClassification:", "\n</answer>"),
+        };
+        let labels = [" SAFE", " UNSAFE"];
+        let mut feed = pending.to_vec();
+        feed.extend(self.tokenizer.encode(open)?);
+        let label = self.choose(&feed, &labels)?;
+        let mut text = format!("{open}{}", labels[label]);
+        if req.mode == Mode::AllPolicies {
+            if label == 1 {
+                // the backend now holds everything up to "Classification:"; continue from there
+                let feed = self.tokenizer.encode(" UNSAFE\nViolated policies:")?;
+                let names: Vec<String> = Policy::ALL.iter().map(|p| format!(" {}", p.name())).collect();
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                let best = self.choose(&feed, &refs)?;
+                text.push_str(&format!("\nViolated policies:{}", names[best]));
+            } else {
+                text.push_str("\nViolated policies: none");
+            }
+        }
+        text.push_str(close);
+        Ok(text)
+    }
+
+    /// Feeds `prefix`, then scores each candidate continuation by its summed log-probability and
+    /// returns the index of the best one. The backend is left holding `prefix` (nothing more).
+    fn choose(&mut self, prefix: &[u32], candidates: &[&str]) -> Result<usize> {
+        let logits = self.backend.forward(prefix)?;
+        self.held.extend_from_slice(prefix);
+        let base = self.backend.position();
+        let mut best = (f64::NEG_INFINITY, 0);
+        for (ci, c) in candidates.iter().enumerate() {
+            let toks = self.tokenizer.encode(c)?;
+            let mut lp = log_softmax_at(&logits, toks[0]);
+            for w in toks.windows(2) {
+                let l = self.backend.forward(&[w[0]])?;
+                lp += log_softmax_at(&l, w[1]);
+            }
+            self.backend.truncate(base);
+            if lp > best.0 {
+                best = (lp, ci);
+            }
+        }
+        Ok(best.1)
     }
 
     /// Runs a fixed token sequence (for benchmarks): prefill `prompt`, then `n` greedy steps.
@@ -296,5 +355,45 @@ impl Guard {
         let total = clock.elapsed();
         self.backend.truncate(0);
         Ok((prefill, total - prefill))
+    }
+}
+
+/// log softmax(logits)[id], in f64.
+fn log_softmax_at(logits: &[f32], id: u32) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let lse = logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+    logits[id as usize] as f64 - lse
+}
+
+/// True when the last tokens are one block of 1–48 tokens repeated at least three times over
+/// (a small model stuck in a loop).
+fn repeating(tokens: &[u32]) -> bool {
+    (1..=48).any(|p| {
+        let n = tokens.len();
+        n >= 3 * p && n >= 12 && (0..2 * p).all(|i| tokens[n - 1 - i] == tokens[n - 1 - i - p])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repetition_needs_three_copies() {
+        let cycle = [5u32, 6, 7, 8, 9];
+        let mut t: Vec<u32> = vec![1, 2, 3];
+        t.extend(cycle.iter().cycle().take(10));
+        assert!(!repeating(&t), "two copies are not a loop");
+        t.extend(cycle);
+        assert!(repeating(&t));
+        assert!(!repeating(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]));
+        assert!(repeating(&[7; 12]));
+    }
+
+    #[test]
+    fn log_softmax_is_normalised() {
+        let l = [1.0f32, 2.0, 3.0];
+        let total: f64 = (0..3).map(|i| log_softmax_at(&l, i).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-9);
     }
 }

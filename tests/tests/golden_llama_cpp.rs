@@ -91,12 +91,7 @@ fn prompt_ids_match_llama_cpp() {
     };
     let tok = Tokenizer::from_gguf(&Gguf::open(&path).unwrap()).unwrap();
     for p in golden().prompts {
-        let ids = if p.kind == "chatml" {
-            tok.encode_special(&p.text)
-        } else {
-            tok.encode(&p.text)
-        }
-        .unwrap();
+        let ids = if p.kind == "chatml" { tok.encode_special(&p.text) } else { tok.encode(&p.text) }.unwrap();
         assert_eq!(ids, p.prompt_ids, "{:?}", p.text);
     }
 }
@@ -115,27 +110,12 @@ fn greedy_tokens_and_first_logits_match_llama_cpp() {
     let mut identical = 0;
     for (pi, p) in fx.prompts.iter().enumerate() {
         let mut cache = model.new_cache(512);
-        let mut l = Llama::logits_vec(
-            &model
-                .forward(&p.prompt_ids, Some(&mut cache), Logits::Last)
-                .unwrap(),
-        )
-        .unwrap();
+        let mut l = Llama::logits_vec(&model.forward(&p.prompt_ids, Some(&mut cache), Logits::Last).unwrap()).unwrap();
 
-        let reference: Vec<(u32, f32)> = p
-            .first_logits_top
-            .iter()
-            .chain(&p.first_logits_sample)
-            .copied()
-            .collect();
+        let reference: Vec<(u32, f32)> = p.first_logits_top.iter().chain(&p.first_logits_sample).copied().collect();
         let (max, mean, worst) = compare(&l, &reference);
-        report.push(format!(
-            "prompt {pi}: first-step logits max |Δ| {max:.3} (token {worst}), mean |Δ| {mean:.3}"
-        ));
-        assert!(
-            max <= LOGIT_TOL && mean <= LOGIT_MEAN_TOL,
-            "prompt {pi}: logits differ (max {max}, mean {mean})"
-        );
+        report.push(format!("prompt {pi}: first-step logits max |Δ| {max:.3} (token {worst}), mean |Δ| {mean:.3}"));
+        assert!(max <= LOGIT_TOL && mean <= LOGIT_MEAN_TOL, "prompt {pi}: logits differ (max {max}, mean {mean})");
 
         let mut flips = Vec::new();
         for step in 0..fx.n_gen {
@@ -150,34 +130,18 @@ fn greedy_tokens_and_first_logits_match_llama_cpp() {
                 flips.push(msg);
             }
             if step + 1 < fx.n_gen {
-                l = Llama::logits_vec(
-                    &model
-                        .forward(&[theirs], Some(&mut cache), Logits::Last)
-                        .unwrap(),
-                )
-                .unwrap();
+                l = Llama::logits_vec(&model.forward(&[theirs], Some(&mut cache), Logits::Last).unwrap()).unwrap();
             }
         }
         if flips.is_empty() {
             identical += 1;
-            report.push(format!(
-                "prompt {pi}: all {} greedy tokens identical",
-                fx.n_gen
-            ));
+            report.push(format!("prompt {pi}: all {} greedy tokens identical", fx.n_gen));
         } else {
-            report.push(format!(
-                "prompt {pi}: {} near-tie disagreement(s): {}",
-                flips.len(),
-                flips.join("; ")
-            ));
+            report.push(format!("prompt {pi}: {} near-tie disagreement(s): {}", flips.len(), flips.join("; ")));
         }
     }
     eprintln!("{}", report.join("\n"));
-    assert!(
-        identical >= 3,
-        "only {identical} prompts matched llama.cpp on all {} greedy tokens",
-        fx.n_gen
-    );
+    assert!(identical >= 3, "only {identical} prompts matched llama.cpp on all {} greedy tokens", fx.n_gen);
 }
 
 /// With dequantized weights (no 8-bit activations) the decoder is exact arithmetic in f32: it must
@@ -190,27 +154,18 @@ fn dense_decoder_matches_exact_float64_forward_pass() {
     let fx: F64 = serde_json::from_str(include_str!("../fixtures/f64_smollm2.json")).unwrap();
     for (ci, c) in fx.cases.iter().enumerate() {
         let mut cache = model.new_cache(256);
-        let mut logits = model
-            .forward(&c.prompt_ids, Some(&mut cache), Logits::Last)
-            .unwrap();
+        let mut logits = model.forward(&c.prompt_ids, Some(&mut cache), Logits::Last).unwrap();
         for &id in &c.decoded_ids {
-            logits = model
-                .forward(&[id], Some(&mut cache), Logits::Last)
-                .unwrap();
+            logits = model.forward(&[id], Some(&mut cache), Logits::Last).unwrap();
         }
         let l = Llama::logits_vec(&logits).unwrap();
-        let reference: Vec<(u32, f32)> = c
-            .logits_top
-            .iter()
-            .chain(&c.logits_sample)
-            .copied()
-            .collect();
+        let reference: Vec<(u32, f32)> = c.logits_top.iter().chain(&c.logits_sample).copied().collect();
         let (max, mean, worst) = compare(&l, &reference);
-        eprintln!("case {ci} ({} decoded through the cache): max |Δ| {max:.5} (token {worst}), mean {mean:.5}", c.decoded_ids.len());
-        assert!(
-            max <= F64_TOL,
-            "case {ci}: dense decoder differs from float64 by {max} at token {worst}"
+        eprintln!(
+            "case {ci} ({} decoded through the cache): max |Δ| {max:.5} (token {worst}), mean {mean:.5}",
+            c.decoded_ids.len()
         );
+        assert!(max <= F64_TOL, "case {ci}: dense decoder differs from float64 by {max} at token {worst}");
         assert_eq!(argmax(&l), c.logits_top[0].0);
     }
 }

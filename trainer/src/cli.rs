@@ -102,6 +102,9 @@ pub struct ClassifyArgs {
     /// Keep generating after the verdict until the model ends its turn.
     #[arg(long)]
     pub no_early_stop: bool,
+    /// Report `unparseable` instead of writing the verdict lines for a model that gives none.
+    #[arg(long)]
+    pub no_force_verdict: bool,
     #[command(flatten)]
     pub model: ModelArgs,
 }

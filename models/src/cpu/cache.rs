@@ -12,11 +12,7 @@ pub struct KvCache {
 impl KvCache {
     /// A cache for `n_layer` layers holding up to `capacity` positions (allocated on first use).
     pub fn new(n_layer: usize, capacity: usize) -> Self {
-        KvCache {
-            layers: (0..n_layer).map(|_| None).collect(),
-            len: 0,
-            capacity,
-        }
+        KvCache { layers: (0..n_layer).map(|_| None).collect(), len: 0, capacity }
     }
 
     /// Positions filled so far.
@@ -45,11 +41,7 @@ impl KvCache {
     pub fn append(&mut self, il: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let (b, h, t, d) = k.dims4()?;
         if self.len + t > self.capacity {
-            candle_core::bail!(
-                "KV cache holds {} positions; {} + {t} do not fit",
-                self.capacity,
-                self.len
-            );
+            candle_core::bail!("KV cache holds {} positions; {} + {t} do not fit", self.capacity, self.len);
         }
         let slot = &mut self.layers[il];
         let fits = matches!(slot, Some((ck, _)) if ck.dims4()? == (b, h, self.capacity, d) && ck.dtype() == k.dtype());
@@ -67,10 +59,7 @@ impl KvCache {
         let (ck, cv) = slot.as_ref().unwrap();
         ck.slice_set(&k.contiguous()?, 2, self.len)?;
         cv.slice_set(&v.contiguous()?, 2, self.len)?;
-        Ok((
-            ck.narrow(2, 0, self.len + t)?,
-            cv.narrow(2, 0, self.len + t)?,
-        ))
+        Ok((ck.narrow(2, 0, self.len + t)?, cv.narrow(2, 0, self.len + t)?))
     }
 
     /// Marks `t` more positions as filled.
@@ -79,21 +68,11 @@ impl KvCache {
     }
 
     /// Bytes the cache will use when full, for a model with these sizes.
-    pub fn bytes_needed(
-        n_layer: usize,
-        h_kv: usize,
-        head_dim: usize,
-        capacity: usize,
-        dtype: DType,
-    ) -> usize {
+    pub fn bytes_needed(n_layer: usize, h_kv: usize, head_dim: usize, capacity: usize, dtype: DType) -> usize {
         2 * n_layer * h_kv * head_dim * capacity * dtype.size_in_bytes()
     }
 
     pub fn device_of(&self) -> Option<Device> {
-        self.layers
-            .iter()
-            .flatten()
-            .next()
-            .map(|(k, _)| k.device().clone())
+        self.layers.iter().flatten().next().map(|(k, _)| k.device().clone())
     }
 }

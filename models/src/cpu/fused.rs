@@ -19,12 +19,7 @@ pub struct GgmlWeight {
 
 impl GgmlWeight {
     pub fn new(g: &Gguf, info: &TensorInfo) -> Self {
-        GgmlWeight {
-            g: g.clone(),
-            n: info.dims[1] as usize,
-            k: info.dims[0] as usize,
-            info: info.clone(),
-        }
+        GgmlWeight { g: g.clone(), n: info.dims[1] as usize, k: info.dims[0] as usize, info: info.clone() }
     }
     pub fn ty(&self) -> GgmlType {
         self.info.ty
@@ -35,8 +30,7 @@ impl GgmlWeight {
     /// Dequantized [n, k] (for gradients and reference runs).
     pub fn dense(&self, dev: &candle_core::Device) -> Result<Tensor> {
         let mut w = vec![0f32; self.n * self.k];
-        codec::dequantize(self.info.ty, self.bytes(), &mut w)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        codec::dequantize(self.info.ty, self.bytes(), &mut w).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Tensor::from_vec(w, (self.n, self.k), dev)
     }
 }
@@ -45,9 +39,7 @@ impl GgmlWeight {
 pub struct QMatMul(pub Arc<GgmlWeight>);
 
 fn f32_input<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<std::borrow::Cow<'a, [f32]>> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{op}: expected an f32 input")
-    };
+    let CpuStorage::F32(v) = s else { candle_core::bail!("{op}: expected an f32 input") };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(std::borrow::Cow::Borrowed(&v[a..b])),
         None => candle_core::bail!("{op}: input must be contiguous"),
@@ -112,9 +104,7 @@ impl CustomOp1 for RmsNorm {
         // y = x·r·w, r = (mean(x²)+eps)^-½  ⇒  dx = r·(g·w) − x·r³·mean(x·g·w)
         let w = Tensor::from_slice(&self.w, self.w.len(), x.device())?.to_dtype(x.dtype())?;
         let gw = g.broadcast_mul(&w)?;
-        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps as f64)?
-            .sqrt()?
-            .recip()?;
+        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps as f64)?.sqrt()?.recip()?;
         let m = (x * &gw)?.mean_keepdim(D::Minus1)?;
         let dx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&(r.powf(3.0)? * m)?)?)?;
         Ok(Some(dx))
@@ -140,44 +130,15 @@ mod tests {
         let wt = Tensor::from_slice(&w, 16, &dev).unwrap();
         let probe = Tensor::randn(0f32, 1.0, (3, 16), &dev).unwrap();
 
-        let fused = x
-            .apply_op1(RmsNorm {
-                w: w.clone(),
-                eps: 1e-5,
-            })
-            .unwrap();
+        let fused = x.apply_op1(RmsNorm { w: w.clone(), eps: 1e-5 }).unwrap();
         let composed = super::super::ops::rms_norm(&x, &wt, 1e-5).unwrap();
-        let diff = (&fused - &composed)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = (&fused - &composed).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-5, "forward differs by {diff}");
 
-        let g1 = (fused * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (composed * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g1 = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (composed * &probe).unwrap().sum_all().unwrap().backward().unwrap();
         let (a, b) = (g1.get(&x).unwrap(), g2.get(&x).unwrap());
-        let diff = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-4, "gradient differs by {diff}");
     }
 }

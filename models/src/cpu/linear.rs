@@ -67,14 +67,7 @@ fn candle_dtype(ty: GgmlType) -> Option<candle_core::quantized::GgmlDType> {
 
 impl Linear {
     /// Loads `name` from the file, checking it is a 2-D [in, out] matrix (ggml order).
-    pub fn load(
-        g: &Gguf,
-        name: &str,
-        in_dim: usize,
-        out_dim: usize,
-        mode: WeightMode,
-        dev: &Device,
-    ) -> Result<Self> {
+    pub fn load(g: &Gguf, name: &str, in_dim: usize, out_dim: usize, mode: WeightMode, dev: &Device) -> Result<Self> {
         let info = g.require_tensor(name)?;
         check_dims(g, info, &[in_dim as u64, out_dim as u64])?;
         let base = match mode {
@@ -100,25 +93,13 @@ impl Linear {
                 BaseWeight::Dense(Tensor::from_vec(v, (out_dim, in_dim), dev)?.to_dtype(dt)?)
             }
         };
-        Ok(Linear {
-            name: name.to_string(),
-            in_dim,
-            out_dim,
-            base,
-            lora: None,
-        })
+        Ok(Linear { name: name.to_string(), in_dim, out_dim, base, lora: None })
     }
 
     /// A layer from a dense [out, in] tensor (tests, tiny models).
     pub fn from_dense(name: impl Into<String>, w: Tensor) -> Result<Self> {
         let (out_dim, in_dim) = w.dims2()?;
-        Ok(Linear {
-            name: name.into(),
-            in_dim,
-            out_dim,
-            base: BaseWeight::Dense(w),
-            lora: None,
-        })
+        Ok(Linear { name: name.into(), in_dim, out_dim, base: BaseWeight::Dense(w), lora: None })
     }
 
     /// A layer over a quantized tensor already in memory.
@@ -136,12 +117,10 @@ impl Linear {
     /// x [.., in] → [.., out]
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.base {
-            BaseWeight::Ggml(w) if x.dtype() == DType::F32 => x
-                .contiguous()?
-                .apply_op1(super::fused::QMatMul(w.clone()))?,
-            BaseWeight::Ggml(w) => {
-                x.broadcast_matmul(&w.dense(x.device())?.to_dtype(x.dtype())?.t()?)?
+            BaseWeight::Ggml(w) if x.dtype() == DType::F32 => {
+                x.contiguous()?.apply_op1(super::fused::QMatMul(w.clone()))?
             }
+            BaseWeight::Ggml(w) => x.broadcast_matmul(&w.dense(x.device())?.to_dtype(x.dtype())?.t()?)?,
             BaseWeight::Quantized(q) => q.forward(x)?,
             BaseWeight::Dense(w) => x.broadcast_matmul(&w.t()?)?,
         };

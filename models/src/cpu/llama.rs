@@ -24,10 +24,7 @@ struct Norm {
 impl Norm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if super::fused::is_f32(x) {
-            Ok(x.contiguous()?.apply_op1(super::fused::RmsNorm {
-                w: self.fused.w.clone(),
-                eps: self.fused.eps,
-            })?)
+            Ok(x.contiguous()?.apply_op1(super::fused::RmsNorm { w: self.fused.w.clone(), eps: self.fused.eps })?)
         } else {
             Ok(ops::rms_norm(x, &self.w, self.fused.eps)?)
         }
@@ -59,17 +56,9 @@ impl Embedding {
         let mut out = vec![0f32; ids.len() * self.dim];
         for (row, &id) in out.chunks_exact_mut(self.dim).zip(ids) {
             if id as usize >= vocab {
-                return Err(Error::Input(format!(
-                    "token id {id} is outside the vocabulary of {vocab}"
-                )));
+                return Err(Error::Input(format!("token id {id} is outside the vocabulary of {vocab}")));
             }
-            codec::dequantize_row(
-                self.info.ty,
-                self.g.tensor_bytes(&self.info),
-                self.dim,
-                id as usize,
-                row,
-            )?;
+            codec::dequantize_row(self.info.ty, self.g.tensor_bytes(&self.info), self.dim, id as usize, row)?;
         }
         Ok(Tensor::from_vec(out, (1, ids.len(), self.dim), dev)?)
     }
@@ -111,13 +100,7 @@ impl Llama {
             let info = g.require_tensor(name)?;
             check_dims(g, info, &[d as u64])?;
             let w = g.tensor_f32(name)?;
-            Ok(Norm {
-                w: Tensor::from_slice(&w, d, dev)?,
-                fused: super::fused::RmsNorm {
-                    w,
-                    eps: cfg.rms_eps,
-                },
-            })
+            Ok(Norm { w: Tensor::from_slice(&w, d, dev)?, fused: super::fused::RmsNorm { w, eps: cfg.rms_eps } })
         };
         let embd_info = g.require_tensor("token_embd.weight")?.clone();
         check_dims(g, &embd_info, &[d as u64, cfg.vocab_size as u64])?;
@@ -131,14 +114,7 @@ impl Llama {
         let mut blocks = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let lin = |suffix: &str, i_dim: usize, o_dim: usize| {
-                Linear::load(
-                    g,
-                    &format!("blk.{i}.{suffix}.weight"),
-                    i_dim,
-                    o_dim,
-                    mode,
-                    dev,
-                )
+                Linear::load(g, &format!("blk.{i}.{suffix}.weight"), i_dim, o_dim, mode, dev)
             };
             blocks.push(Block {
                 attn_norm: norm(&format!("blk.{i}.attn_norm.weight"))?,
@@ -152,20 +128,12 @@ impl Llama {
                 down: lin("ffn_down", cfg.n_ff, d)?,
             });
         }
-        let head_name = if cfg.tied_embeddings {
-            "token_embd.weight"
-        } else {
-            "output.weight"
-        };
+        let head_name = if cfg.tied_embeddings { "token_embd.weight" } else { "output.weight" };
         // The output head is always quantized-capable; in dense mode it is dense too.
         let lm_head = Linear::load(g, head_name, d, cfg.vocab_size, mode, dev)?;
         Ok(Llama {
             out_norm: norm("output_norm.weight")?,
-            embd: Embedding {
-                g: g.clone(),
-                info: embd_info,
-                dim: d,
-            },
+            embd: Embedding { g: g.clone(), info: embd_info, dim: d },
             blocks,
             lm_head,
             dev: dev.clone(),
@@ -188,29 +156,17 @@ impl Llama {
 
     /// The adapted linear layers: (GGUF tensor name, in, out) for every LoRA target.
     pub fn lora_targets(&self) -> Vec<(String, usize, usize)> {
-        self.linears()
-            .map(|l| (l.name.clone(), l.in_dim, l.out_dim))
-            .collect()
+        self.linears().map(|l| (l.name.clone(), l.in_dim, l.out_dim)).collect()
     }
 
     fn linears(&self) -> impl Iterator<Item = &Linear> {
-        self.blocks
-            .iter()
-            .flat_map(|b| [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down])
+        self.blocks.iter().flat_map(|b| [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down])
     }
 
     fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
-        self.blocks.iter_mut().flat_map(|b| {
-            [
-                &mut b.q,
-                &mut b.k,
-                &mut b.v,
-                &mut b.o,
-                &mut b.gate,
-                &mut b.up,
-                &mut b.down,
-            ]
-        })
+        self.blocks
+            .iter_mut()
+            .flat_map(|b| [&mut b.q, &mut b.k, &mut b.v, &mut b.o, &mut b.gate, &mut b.up, &mut b.down])
     }
 
     /// Name of the attached adapter, if any.
@@ -228,10 +184,7 @@ impl Llama {
             self.adapter = None;
             return Ok(());
         };
-        let err = |what: String| Error::Adapter {
-            file: a.name.clone(),
-            what,
-        };
+        let err = |what: String| Error::Adapter { file: a.name.clone(), what };
         if a.arch != self.cfg.arch.name() {
             return Err(err(format!(
                 "was trained for architecture `{}`, the base model is `{}`",
@@ -239,16 +192,11 @@ impl Llama {
                 self.cfg.arch.name()
             )));
         }
-        let targets: std::collections::HashMap<String, (usize, usize)> = self
-            .lora_targets()
-            .into_iter()
-            .map(|(n, i, o)| (n, (i, o)))
-            .collect();
+        let targets: std::collections::HashMap<String, (usize, usize)> =
+            self.lora_targets().into_iter().map(|(n, i, o)| (n, (i, o))).collect();
         for (name, p) in &a.pairs {
             let Some(&(i, o)) = targets.get(name) else {
-                return Err(err(format!(
-                    "tensor `{name}` is not a LoRA target of this base model"
-                )));
+                return Err(err(format!("tensor `{name}` is not a LoRA target of this base model")));
             };
             if (p.in_dim, p.out_dim) != (i, o) {
                 return Err(err(format!(
@@ -272,10 +220,7 @@ impl Llama {
         }
         for (l, b) in self.linears_mut().zip(branches) {
             l.set_lora(b).map_err(|e| match e {
-                Error::Adapter { what, .. } => Error::Adapter {
-                    file: a.name.clone(),
-                    what,
-                },
+                Error::Adapter { what, .. } => Error::Adapter { file: a.name.clone(), what },
                 e => e,
             })?;
         }
@@ -285,12 +230,7 @@ impl Llama {
 
     /// Runs `tokens` through the decoder. With a cache, they continue the cached sequence (and are
     /// appended to it); without one, they are a whole sequence on their own.
-    pub fn forward(
-        &self,
-        tokens: &[u32],
-        cache: Option<&mut KvCache>,
-        which: Logits,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, tokens: &[u32], cache: Option<&mut KvCache>, which: Logits) -> Result<Tensor> {
         let h = self.hidden(tokens, cache)?;
         let h = match which {
             Logits::Last => h.narrow(1, tokens.len() - 1, 1)?,
@@ -310,9 +250,7 @@ impl Llama {
             return Err(Error::Input("no tokens to run".into()));
         }
         let start = cache.as_ref().map_or(0, |c| c.len());
-        let limit = cache
-            .as_ref()
-            .map_or(self.cfg.context_length, |c| c.capacity());
+        let limit = cache.as_ref().map_or(self.cfg.context_length, |c| c.capacity());
         if start + t > limit {
             return Err(Error::Input(format!(
                 "{} tokens ({start} cached + {t} new) exceed the context of {limit}",
@@ -323,16 +261,11 @@ impl Llama {
         let (hd, nh, nkv) = (cfg.head_dim, cfg.n_head, cfg.n_head_kv);
         let mut x = self.embd.lookup(tokens, &self.dev)?;
         let (cos, sin) = ops::rope_tables(cfg.rope_base, cfg.rope_dim, start, t, &self.dev)?;
-        let mask = if t > 1 {
-            Some(ops::causal_mask(t, start, None, &self.dev)?)
-        } else {
-            None
-        };
+        let mask = if t > 1 { Some(ops::causal_mask(t, start, None, &self.dev)?) } else { None };
         let scale = 1.0 / (hd as f64).sqrt();
         for (il, b) in self.blocks.iter().enumerate() {
             let h = b.attn_norm.forward(&x)?;
-            let heads =
-                |y: Tensor, n: usize| y.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous();
+            let heads = |y: Tensor, n: usize| y.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous();
             let q = ops::rope(&heads(b.q.forward(&h)?, nh)?, &cos, &sin, cfg.rope_style)?;
             let k = ops::rope(&heads(b.k.forward(&h)?, nkv)?, &cos, &sin, cfg.rope_style)?;
             let v = heads(b.v.forward(&h)?, nkv)?;
@@ -355,9 +288,6 @@ impl Llama {
 
     /// Logits as an f32 vector (for sampling).
     pub fn logits_vec(logits: &Tensor) -> Result<Vec<f32>> {
-        Ok(logits
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?)
+        Ok(logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
     }
 }

@@ -26,13 +26,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 ///
 /// Angles follow ggml's recurrence (θ₀ = p, θᵢ₊₁ = θᵢ · base^(−2/d) in f32) so positions rotate
 /// exactly as llama.cpp rotates them.
-pub fn rope_tables(
-    base: f32,
-    rope_dim: usize,
-    start: usize,
-    len: usize,
-    dev: &Device,
-) -> Result<(Tensor, Tensor)> {
+pub fn rope_tables(base: f32, rope_dim: usize, start: usize, len: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
     let half = rope_dim / 2;
     let scale = base.powf(-2.0 / rope_dim as f32);
     let mut cos = Vec::with_capacity(len * half);
@@ -45,10 +39,7 @@ pub fn rope_tables(
             theta *= scale;
         }
     }
-    Ok((
-        Tensor::from_vec(cos, (len, half), dev)?,
-        Tensor::from_vec(sin, (len, half), dev)?,
-    ))
+    Ok((Tensor::from_vec(cos, (len, half), dev)?, Tensor::from_vec(sin, (len, half), dev)?))
 }
 
 /// Rotary embedding of x [b, h, t, d] with tables [t, rope_dim/2]; dims past rope_dim pass through.
@@ -56,11 +47,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<
     let (b, h, t, d) = x.dims4()?;
     let half = cos.dim(1)?;
     let rd = 2 * half;
-    let (xr, pass) = if rd == d {
-        (x.clone(), None)
-    } else {
-        (x.narrow(3, 0, rd)?, Some(x.narrow(3, rd, d - rd)?))
-    };
+    let (xr, pass) = if rd == d { (x.clone(), None) } else { (x.narrow(3, 0, rd)?, Some(x.narrow(3, rd, d - rd)?)) };
     let out = match style {
         RopeStyle::Interleaved => {
             let xr = xr.reshape((b, h, t, half, 2))?;
@@ -108,13 +95,7 @@ pub fn causal_mask(t: usize, start: usize, window: Option<usize>, dev: &Device) 
 /// Scaled dot-product attention with grouped KV heads.
 /// q [b, h, t, d]; k, v [b, h_kv, l, d]; mask [t, l] (additive) or None → [b, h, t, d].
 /// Query heads are grouped onto their KV head by reshaping (no copies of K/V per head).
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
-    scale: f64,
-) -> Result<Tensor> {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let h_kv = k.dim(1)?;
     let rep = h / h_kv;
@@ -124,10 +105,7 @@ pub fn attention(
         None => scores,
         Some(m) => {
             let l = m.dim(1)?;
-            let m = m
-                .unsqueeze(0)?
-                .broadcast_as((rep, t, l))?
-                .reshape((rep * t, l))?;
+            let m = m.unsqueeze(0)?.broadcast_as((rep, t, l))?.reshape((rep * t, l))?;
             scores.broadcast_add(&m)?
         }
     };
@@ -177,10 +155,7 @@ mod tests {
 
     #[test]
     fn softmax_rows_sum_to_one_and_handle_neg_inf() {
-        let x = t(
-            &[1.0, 2.0, f32::NEG_INFINITY, 1000.0, 1000.0, 1000.0],
-            &[2, 3],
-        );
+        let x = t(&[1.0, 2.0, f32::NEG_INFINITY, 1000.0, 1000.0, 1000.0], &[2, 3]);
         let y = to_f32_vec(&softmax_last(&x).unwrap()).unwrap();
         assert!((y[0] + y[1] - 1.0).abs() < 1e-6 && y[2] == 0.0);
         assert!((y[3] - 1.0 / 3.0).abs() < 1e-6);
@@ -206,10 +181,7 @@ mod tests {
     fn causal_mask_with_offset_and_window() {
         let m = to_f32_vec(&causal_mask(2, 3, None, &Device::Cpu).unwrap()).unwrap();
         let vis: Vec<bool> = m.iter().map(|v| v.is_finite()).collect();
-        assert_eq!(
-            vis,
-            [true, true, true, true, false, true, true, true, true, true]
-        );
+        assert_eq!(vis, [true, true, true, true, false, true, true, true, true, true]);
         let m = to_f32_vec(&causal_mask(1, 4, Some(2), &Device::Cpu).unwrap()).unwrap();
         let vis: Vec<bool> = m.iter().map(|v| v.is_finite()).collect();
         assert_eq!(vis, [false, false, false, true, true]);

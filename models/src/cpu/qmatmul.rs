@@ -113,9 +113,7 @@ mod avx2 {
 
     #[inline(always)]
     unsafe fn f16_at(b: *const u8) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-            (b as *const u16).read_unaligned() as i32,
-        )))
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((b as *const u16).read_unaligned() as i32)))
     }
 
     /// 16 bytes of nibbles → 32 bytes: low nibbles (elements 0..16) then high (16..32).
@@ -147,25 +145,12 @@ mod avx2 {
         match ty {
             GgmlType::Q4_0 => {
                 let qx = _mm256_sub_epi8(nibbles(wb.add(2)), _mm256_set1_epi8(8));
-                WBlock {
-                    q: qx,
-                    signed: true,
-                    d: f16_at(wb),
-                    m: 0.0,
-                }
+                WBlock { q: qx, signed: true, d: f16_at(wb), m: 0.0 }
             }
-            GgmlType::Q4_1 => WBlock {
-                q: nibbles(wb.add(4)),
-                signed: false,
-                d: f16_at(wb),
-                m: f16_at(wb.add(2)),
-            },
-            GgmlType::Q8_0 => WBlock {
-                q: _mm256_loadu_si256(wb.add(2) as *const __m256i),
-                signed: true,
-                d: f16_at(wb),
-                m: 0.0,
-            },
+            GgmlType::Q4_1 => WBlock { q: nibbles(wb.add(4)), signed: false, d: f16_at(wb), m: f16_at(wb.add(2)) },
+            GgmlType::Q8_0 => {
+                WBlock { q: _mm256_loadu_si256(wb.add(2) as *const __m256i), signed: true, d: f16_at(wb), m: 0.0 }
+            }
             _ => unreachable!(),
         }
     }
@@ -194,12 +179,8 @@ mod avx2 {
         let sign = _mm256_set1_ps(-0.0);
         for (b, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
             let p = xs.as_ptr();
-            let v = [
-                _mm256_loadu_ps(p),
-                _mm256_loadu_ps(p.add(8)),
-                _mm256_loadu_ps(p.add(16)),
-                _mm256_loadu_ps(p.add(24)),
-            ];
+            let v =
+                [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
             let mut mx = _mm256_andnot_ps(sign, v[0]);
             for vi in &v[1..] {
                 mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, *vi));
@@ -212,9 +193,9 @@ mod avx2 {
             let mut sum = _mm256_setzero_si256();
             let mut q = [0i32; 32];
             for (j, vi) in v.iter().enumerate() {
-                let r = _mm256_cvtps_epi32(_mm256_round_ps::<
-                    { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
-                >(_mm256_mul_ps(*vi, id)));
+                let r = _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                    _mm256_mul_ps(*vi, id),
+                ));
                 sum = _mm256_add_epi32(sum, r);
                 _mm256_storeu_si256(q.as_mut_ptr().add(8 * j) as *mut __m256i, r);
             }
@@ -269,11 +250,7 @@ mod avx2 {
                 for c in 0..C {
                     let xb = &xs[c][i];
                     summs[r][c] += wb.m * xb.s;
-                    acc[r][c] = _mm256_fmadd_ps(
-                        _mm256_set1_ps(wb.d * xb.d),
-                        block_lanes(&wb, qy[c]),
-                        acc[r][c],
-                    );
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * xb.d), block_lanes(&wb, qy[c]), acc[r][c]);
                 }
             }
         }
@@ -301,13 +278,7 @@ pub fn has_avx2() -> bool {
 
 /// y[m, n] = x[m, k] · Wᵀ where W is `n` rows of `k` values in `ty` blocks.
 pub fn matmul(ty: GgmlType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
-    assert!(
-        supported(ty)
-            && k % 32 == 0
-            && w.len() == n * row_bytes(ty, k)
-            && x.len() == m * k
-            && y.len() == m * n
-    );
+    assert!(supported(ty) && k % 32 == 0 && w.len() == n * row_bytes(ty, k) && x.len() == m * k && y.len() == m * n);
     let nb = k / 32;
     let mut xq = vec![Q8Block::default(); m * nb];
     for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(nb)) {
@@ -335,9 +306,7 @@ pub fn matmul(ty: GgmlType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, y
                 &mut part[..mm * (j1 - j0)],
             );
             for i in 0..mm {
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(y_ptr.get().add((i0 + i) * n + j0), j1 - j0)
-                };
+                let dst = unsafe { std::slice::from_raw_parts_mut(y_ptr.get().add((i0 + i) * n + j0), j1 - j0) };
                 dst.copy_from_slice(&part[i * (j1 - j0)..(i + 1) * (j1 - j0)]);
             }
             i0 += mm;
@@ -360,16 +329,7 @@ impl SyncPtr {
 
 /// `cols` weight rows against all m activation rows; `out` is [m, cols].
 #[allow(clippy::too_many_arguments)]
-fn rows(
-    ty: GgmlType,
-    w: &[u8],
-    rb: usize,
-    xq: &[Q8Block],
-    nb: usize,
-    m: usize,
-    cols: usize,
-    out: &mut [f32],
-) {
+fn rows(ty: GgmlType, w: &[u8], rb: usize, xq: &[Q8Block], nb: usize, m: usize, cols: usize, out: &mut [f32]) {
     let x = |i: usize| &xq[i * nb..(i + 1) * nb];
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
@@ -380,9 +340,7 @@ fn rows(
             while i + 4 <= m {
                 let mut o = [[0f32; 4]; 4];
                 // SAFETY: AVX2/FMA/F16C checked; 4 rows of rb bytes from wp are in `w`.
-                unsafe {
-                    avx2::tile::<4, 4>(ty, wp, rb, [x(i), x(i + 1), x(i + 2), x(i + 3)], &mut o)
-                };
+                unsafe { avx2::tile::<4, 4>(ty, wp, rb, [x(i), x(i + 1), x(i + 2), x(i + 3)], &mut o) };
                 for (r, or) in o.iter().enumerate() {
                     for (c, v) in or.iter().enumerate() {
                         out[(i + c) * cols + j + r] = *v;
@@ -465,10 +423,7 @@ mod tests {
         quantize_row_q8(&x, &mut a);
         quantize_row_q8_portable(&x, &mut b);
         for (i, (p, q)) in a.iter().zip(&b).enumerate() {
-            assert!(
-                p.qs == q.qs && p.d.to_bits() == q.d.to_bits() && p.s.to_bits() == q.s.to_bits(),
-                "block {i}"
-            );
+            assert!(p.qs == q.qs && p.d.to_bits() == q.d.to_bits() && p.s.to_bits() == q.s.to_bits(), "block {i}");
         }
     }
 
@@ -527,10 +482,7 @@ mod tests {
                         }
                     }
                     let got = y[i * n + j] as f64;
-                    assert!(
-                        (got - exact).abs() <= 1e-5 * scale + 1e-4,
-                        "{ty} ({i},{j}): {got} vs {exact}"
-                    );
+                    assert!((got - exact).abs() <= 1e-5 * scale + 1e-4, "{ty} ({i},{j}): {got} vs {exact}");
                 }
             }
         }

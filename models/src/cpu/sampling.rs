@@ -16,12 +16,7 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            top_p: 1.0,
-            top_k: 0,
-            seed: 0,
-        }
+        SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0 }
     }
 }
 
@@ -49,10 +44,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
-        Sampler {
-            params,
-            rng: StdRng::seed_from_u64(params.seed),
-        }
+        Sampler { params, rng: StdRng::seed_from_u64(params.seed) }
     }
 
     pub fn params(&self) -> SamplingParams {
@@ -119,31 +111,19 @@ mod tests {
     #[test]
     fn top_p_and_top_k_restrict_the_choice_and_seeds_repeat() {
         let logits = [10.0, 9.5, 0.0, -5.0, 1.0];
-        let params = SamplingParams {
-            temperature: 1.0,
-            top_p: 0.9,
-            top_k: 0,
-            seed: 7,
-        };
+        let params = SamplingParams { temperature: 1.0, top_p: 0.9, top_k: 0, seed: 7 };
         let draws: Vec<u32> = {
             let mut s = Sampler::new(params);
             (0..200).map(|_| s.sample(&logits)).collect()
         };
-        assert!(
-            draws.iter().all(|&t| t == 0 || t == 1),
-            "top-p 0.9 keeps only the two heavy tokens"
-        );
+        assert!(draws.iter().all(|&t| t == 0 || t == 1), "top-p 0.9 keeps only the two heavy tokens");
         assert!(draws.contains(&0) && draws.contains(&1));
         let again: Vec<u32> = {
             let mut s = Sampler::new(params);
             (0..200).map(|_| s.sample(&logits)).collect()
         };
         assert_eq!(draws, again, "same seed, same draws");
-        let mut k1 = Sampler::new(SamplingParams {
-            top_k: 1,
-            temperature: 2.0,
-            ..params
-        });
+        let mut k1 = Sampler::new(SamplingParams { top_k: 1, temperature: 2.0, ..params });
         assert!((0..50).all(|_| k1.sample(&logits) == 0));
     }
 
@@ -151,12 +131,7 @@ mod tests {
     fn temperature_spreads_probability() {
         let logits = [1.0, 0.0];
         let count = |t: f32| {
-            let mut s = Sampler::new(SamplingParams {
-                temperature: t,
-                top_p: 1.0,
-                top_k: 0,
-                seed: 1,
-            });
+            let mut s = Sampler::new(SamplingParams { temperature: t, top_p: 1.0, top_k: 0, seed: 1 });
             (0..2000).filter(|_| s.sample(&logits) == 1).count()
         };
         let (cold, hot) = (count(0.25), count(4.0));

@@ -51,20 +51,12 @@ impl Team {
         #[cfg(not(target_arch = "wasm32"))]
         for i in 1..threads.max(1) {
             let s = shared.clone();
-            if std::thread::Builder::new()
-                .name(format!("vigil-team-{i}"))
-                .spawn(move || helper(s))
-                .is_ok()
-            {
+            if std::thread::Builder::new().name(format!("vigil-team-{i}")).spawn(move || helper(s)).is_ok() {
                 helpers += 1;
             }
         }
         let _ = threads;
-        Team {
-            shared,
-            helpers,
-            busy: Mutex::new(()),
-        }
+        Team { shared, helpers, busy: Mutex::new(()) }
     }
 
     pub fn threads(&self) -> usize {
@@ -85,12 +77,8 @@ impl Team {
         // SAFETY: the pointers are only dereferenced by helpers between the generation bump below
         // and `pending` reaching 0, and this function does not return before that; erasing the
         // closure's lifetime is sound for that span.
-        let fat: *const Job =
-            unsafe { std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const Job>(f) };
-        s.job.store(
-            &fat as *const *const Job as *mut *const Job,
-            Ordering::Release,
-        );
+        let fat: *const Job = unsafe { std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const Job>(f) };
+        s.job.store(&fat as *const *const Job as *mut *const Job, Ordering::Release);
         s.n_tasks.store(n_tasks, Ordering::Release);
         s.next_task.store(0, Ordering::Release);
         s.pending.store(self.helpers, Ordering::Release);
@@ -157,15 +145,10 @@ fn helper(s: Arc<Shared>) {
 pub fn global() -> &'static Team {
     static TEAM: OnceLock<Team> = OnceLock::new();
     TEAM.get_or_init(|| {
-        let from_env = ["VIGIL_THREADS", "RAYON_NUM_THREADS"].iter().find_map(|k| {
-            std::env::var(k)
-                .ok()?
-                .parse::<usize>()
-                .ok()
-                .filter(|&n| n > 0)
-        });
-        let n =
-            from_env.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let from_env = ["VIGIL_THREADS", "RAYON_NUM_THREADS"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok()?.parse::<usize>().ok().filter(|&n| n > 0));
+        let n = from_env.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         Team::new(n)
     })
 }
@@ -182,10 +165,7 @@ mod tests {
             team.run(n, &|t| {
                 hits[t].fetch_add(1, Ordering::Relaxed);
             });
-            assert!(
-                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
-                "n = {n}"
-            );
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "n = {n}");
         }
         // after helpers have parked
         std::thread::sleep(Duration::from_millis(5));

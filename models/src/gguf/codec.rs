@@ -10,10 +10,7 @@ use super::types::GgmlType;
 use crate::error::{Error, Result};
 
 fn codec_err(ty: GgmlType, what: impl Into<String>) -> Error {
-    Error::Codec {
-        ty: ty.name().to_string(),
-        what: what.into(),
-    }
+    Error::Codec { ty: ty.name().to_string(), what: what.into() }
 }
 
 #[inline]
@@ -41,25 +38,11 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
     let bs = ty.block_size();
     let ts = ty.type_size();
     if out.len() % bs != 0 {
-        return Err(codec_err(
-            ty,
-            format!(
-                "{} values is not a whole number of {bs}-value blocks",
-                out.len()
-            ),
-        ));
+        return Err(codec_err(ty, format!("{} values is not a whole number of {bs}-value blocks", out.len())));
     }
     let n_blocks = out.len() / bs;
     if data.len() != n_blocks * ts {
-        return Err(codec_err(
-            ty,
-            format!(
-                "{} values need {} bytes, got {}",
-                out.len(),
-                n_blocks * ts,
-                data.len()
-            ),
-        ));
+        return Err(codec_err(ty, format!("{} values need {} bytes, got {}", out.len(), n_blocks * ts, data.len())));
     }
     let blocks = data.chunks_exact(ts).zip(out.chunks_exact_mut(bs));
     match ty {
@@ -186,10 +169,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 
@@ -197,31 +177,15 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
     let bs = ty.block_size();
     if x.len() % bs != 0 {
-        return Err(codec_err(
-            ty,
-            format!(
-                "{} values is not a whole number of {bs}-value blocks",
-                x.len()
-            ),
-        ));
+        return Err(codec_err(ty, format!("{} values is not a whole number of {bs}-value blocks", x.len())));
     }
     let mut out = Vec::with_capacity(x.len() / bs * ty.type_size());
     match ty {
-        GgmlType::F32 => x
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        GgmlType::F16 => x
-            .iter()
-            .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
-        GgmlType::BF16 => x
-            .iter()
-            .for_each(|v| out.extend_from_slice(&f32_to_bf16_bits(*v).to_le_bytes())),
+        GgmlType::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        GgmlType::F16 => x.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        GgmlType::BF16 => x.iter().for_each(|v| out.extend_from_slice(&f32_to_bf16_bits(*v).to_le_bytes())),
         GgmlType::Q4_0 | GgmlType::Q5_0 => {
-            let (levels, bias) = if ty == GgmlType::Q4_0 {
-                (15u8, 8.5f32)
-            } else {
-                (31u8, 16.5f32)
-            };
+            let (levels, bias) = if ty == GgmlType::Q4_0 { (15u8, 8.5f32) } else { (31u8, 16.5f32) };
             for b in x.chunks_exact(32) {
                 let max = signed_absmax(b);
                 let d = max / -(bias - 0.5);
@@ -253,12 +217,7 @@ pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
                 out.extend(b.iter().map(|v| (v * id).round() as i8 as u8));
             }
         }
-        other => {
-            return Err(codec_err(
-                other,
-                "quantization not implemented (read-only format here)",
-            ))
-        }
+        other => return Err(codec_err(other, "quantization not implemented (read-only format here)")),
     }
     Ok(out)
 }
@@ -293,31 +252,14 @@ fn push_nibbles(out: &mut Vec<u8>, b: &[f32], q: impl Fn(f32) -> u8, five_bit: b
 }
 
 /// Dequantizes row `row` of a 2-D tensor whose rows have `row_len` elements.
-pub fn dequantize_row(
-    ty: GgmlType,
-    data: &[u8],
-    row_len: usize,
-    row: usize,
-    out: &mut [f32],
-) -> Result<()> {
-    let row_bytes = ty.byte_size(row_len as u64).ok_or_else(|| {
-        codec_err(
-            ty,
-            format!("row length {row_len} is not a whole number of blocks"),
-        )
-    })? as usize;
-    let start = row
-        .checked_mul(row_bytes)
-        .filter(|s| s + row_bytes <= data.len())
-        .ok_or_else(|| {
-            codec_err(
-                ty,
-                format!(
-                    "row {row} is outside a tensor of {} rows",
-                    data.len() / row_bytes.max(1)
-                ),
-            )
-        })?;
+pub fn dequantize_row(ty: GgmlType, data: &[u8], row_len: usize, row: usize, out: &mut [f32]) -> Result<()> {
+    let row_bytes = ty
+        .byte_size(row_len as u64)
+        .ok_or_else(|| codec_err(ty, format!("row length {row_len} is not a whole number of blocks")))?
+        as usize;
+    let start = row.checked_mul(row_bytes).filter(|s| s + row_bytes <= data.len()).ok_or_else(|| {
+        codec_err(ty, format!("row {row} is outside a tensor of {} rows", data.len() / row_bytes.max(1)))
+    })?;
     dequantize(ty, &data[start..start + row_bytes], out)
 }
 

@@ -105,37 +105,17 @@ impl Gguf {
 
     /// Runs every check of the reader on `bytes` without keeping anything (fuzzing, validation).
     pub fn validate(name: &str, bytes: &[u8]) -> Result<()> {
-        Reader {
-            buf: bytes,
-            pos: 0,
-            file: name,
-            version: 0,
-        }
-        .read_all()
-        .map(|_| ())
+        Reader { buf: bytes, pos: 0, file: name, version: 0 }.read_all().map(|_| ())
     }
 
     pub fn parse(name: String, bytes: Bytes) -> Result<Self> {
         let parsed = {
-            let mut r = Reader {
-                buf: &bytes,
-                pos: 0,
-                file: &name,
-                version: 0,
-            };
+            let mut r = Reader { buf: &bytes, pos: 0, file: &name, version: 0 };
             r.read_all()?
         };
         let (version, metadata, tensors, alignment, data_offset) = parsed;
-        let meta_index = metadata
-            .iter()
-            .enumerate()
-            .map(|(i, (k, _))| (k.clone(), i))
-            .collect();
-        let tensor_index = tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
+        let meta_index = metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
+        let tensor_index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         Ok(Gguf(Arc::new(Inner {
             name,
             version,
@@ -177,11 +157,7 @@ impl Gguf {
     }
 
     fn meta_err(&self, key: &str, what: impl Into<String>) -> Error {
-        Error::Metadata {
-            file: self.0.name.clone(),
-            key: key.to_string(),
-            what: what.into(),
-        }
+        Error::Metadata { file: self.0.name.clone(), key: key.to_string(), what: what.into() }
     }
 
     fn require(&self, key: &str) -> Result<&Value> {
@@ -191,8 +167,7 @@ impl Gguf {
     /// A required unsigned integer (any stored integer width).
     pub fn u64(&self, key: &str) -> Result<u64> {
         let v = self.require(key)?;
-        v.as_u64()
-            .ok_or_else(|| self.meta_err(key, format!("expected an unsigned integer, found {v}")))
+        v.as_u64().ok_or_else(|| self.meta_err(key, format!("expected an unsigned integer, found {v}")))
     }
 
     /// A required unsigned integer that must fit `usize` and be at most `max` (guards allocations
@@ -214,9 +189,7 @@ impl Gguf {
 
     pub fn f32(&self, key: &str) -> Result<f32> {
         let v = self.require(key)?;
-        v.as_f64()
-            .map(|x| x as f32)
-            .ok_or_else(|| self.meta_err(key, format!("expected a number, found {v}")))
+        v.as_f64().map(|x| x as f32).ok_or_else(|| self.meta_err(key, format!("expected a number, found {v}")))
     }
 
     pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
@@ -228,8 +201,7 @@ impl Gguf {
 
     pub fn str(&self, key: &str) -> Result<&str> {
         let v = self.require(key)?;
-        v.as_str()
-            .ok_or_else(|| self.meta_err(key, format!("expected a string, found {v}")))
+        v.as_str().ok_or_else(|| self.meta_err(key, format!("expected a string, found {v}")))
     }
 
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
@@ -242,44 +214,27 @@ impl Gguf {
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.meta_err(key, format!("expected a bool, found {v}"))),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| self.meta_err(key, format!("expected a bool, found {v}"))),
         }
     }
 
     pub fn array(&self, key: &str) -> Result<&Array> {
         let v = self.require(key)?;
-        v.as_array()
-            .ok_or_else(|| self.meta_err(key, format!("expected an array, found {v}")))
+        v.as_array().ok_or_else(|| self.meta_err(key, format!("expected an array, found {v}")))
     }
 
     pub fn str_array(&self, key: &str) -> Result<&[String]> {
         let a = self.array(key)?;
         a.as_strings().ok_or_else(|| {
-            self.meta_err(
-                key,
-                format!(
-                    "expected an array of strings, found {:?} elements",
-                    a.elem_type()
-                ),
-            )
+            self.meta_err(key, format!("expected an array of strings, found {:?} elements", a.elem_type()))
         })
     }
 
     /// A numeric array as f64 values.
     pub fn f64_array(&self, key: &str) -> Result<Vec<f64>> {
         let a = self.array(key)?;
-        a.to_f64().ok_or_else(|| {
-            self.meta_err(
-                key,
-                format!(
-                    "expected a numeric array, found {:?} elements",
-                    a.elem_type()
-                ),
-            )
-        })
+        a.to_f64()
+            .ok_or_else(|| self.meta_err(key, format!("expected a numeric array, found {:?} elements", a.elem_type())))
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
@@ -304,12 +259,10 @@ impl Gguf {
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
         let info = self.require_tensor(name)?;
         let mut out = vec![0f32; info.n_elements() as usize];
-        super::codec::dequantize(info.ty, self.tensor_bytes(info), &mut out).map_err(|e| {
-            Error::Tensor {
-                file: self.0.name.clone(),
-                tensor: name.to_string(),
-                what: e.to_string(),
-            }
+        super::codec::dequantize(info.ty, self.tensor_bytes(info), &mut out).map_err(|e| Error::Tensor {
+            file: self.0.name.clone(),
+            tensor: name.to_string(),
+            what: e.to_string(),
         })?;
         Ok(out)
     }
@@ -327,11 +280,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn err(&self, what: impl Into<String>) -> Error {
-        Error::Gguf {
-            file: self.file.to_string(),
-            offset: self.pos as u64,
-            what: what.into(),
-        }
+        Error::Gguf { file: self.file.to_string(), offset: self.pos as u64, what: what.into() }
     }
 
     fn remaining(&self) -> u64 {
@@ -340,10 +289,7 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
         if (n as u64) > self.remaining() {
-            return Err(self.err(format!(
-                "truncated: {what} needs {n} bytes, {} left",
-                self.remaining()
-            )));
+            return Err(self.err(format!("truncated: {what} needs {n} bytes, {} left", self.remaining())));
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -384,10 +330,10 @@ impl<'a> Reader<'a> {
     fn check_count(&self, count: u64, min_size: u64, what: &str) -> Result<usize> {
         match count.checked_mul(min_size) {
             Some(need) if need <= self.remaining() => Ok(count as usize),
-            _ => Err(self.err(format!(
-                "{what} count {count} cannot fit in the {} bytes left in the file",
-                self.remaining()
-            ))),
+            _ => {
+                Err(self
+                    .err(format!("{what} count {count} cannot fit in the {} bytes left in the file", self.remaining())))
+            }
         }
     }
 
@@ -444,22 +390,12 @@ impl<'a> Reader<'a> {
         macro_rules! fixed {
             ($variant:ident, $t:ty, $w:expr) => {{
                 let bytes = self.take(n * $w, "array elements")?;
-                Array::$variant(
-                    bytes
-                        .chunks_exact($w)
-                        .map(|c| <$t>::from_le_bytes(c.try_into().unwrap()))
-                        .collect(),
-                )
+                Array::$variant(bytes.chunks_exact($w).map(|c| <$t>::from_le_bytes(c.try_into().unwrap())).collect())
             }};
         }
         Ok(match elem {
             ValueType::U8 => Array::U8(self.take(n, "array elements")?.to_vec()),
-            ValueType::I8 => Array::I8(
-                self.take(n, "array elements")?
-                    .iter()
-                    .map(|&b| b as i8)
-                    .collect(),
-            ),
+            ValueType::I8 => Array::I8(self.take(n, "array elements")?.iter().map(|&b| b as i8).collect()),
             ValueType::U16 => fixed!(U16, u16, 2),
             ValueType::I16 => fixed!(I16, i16, 2),
             ValueType::U32 => fixed!(U32, u32, 4),
@@ -473,10 +409,7 @@ impl<'a> Reader<'a> {
                 let bytes = self.take(n, "array elements")?;
                 if let Some(i) = bytes.iter().position(|&b| b > 1) {
                     self.pos = start + i;
-                    return Err(self.err(format!(
-                        "bool array element {i} is {} (neither 0 nor 1)",
-                        bytes[i]
-                    )));
+                    return Err(self.err(format!("bool array element {i} is {} (neither 0 nor 1)", bytes[i])));
                 }
                 Array::Bool(bytes.iter().map(|&b| b == 1).collect())
             }
@@ -501,16 +434,12 @@ impl<'a> Reader<'a> {
         let magic = self.take(4, "magic")?;
         if magic != GGUF_MAGIC {
             self.pos = 0;
-            return Err(self.err(format!(
-                "not a GGUF file (magic {magic:02x?}, expected \"GGUF\")"
-            )));
+            return Err(self.err(format!("not a GGUF file (magic {magic:02x?}, expected \"GGUF\")")));
         }
         let version = self.u32("version")?;
         if !(1..=3).contains(&version) {
             self.pos -= 4;
-            return Err(self.err(format!(
-                "unsupported GGUF version {version} (vigil reads 1–3)"
-            )));
+            return Err(self.err(format!("unsupported GGUF version {version} (vigil reads 1–3)")));
         }
         self.version = version;
         let n_tensors = self.len("tensor count")?;
@@ -544,11 +473,7 @@ impl<'a> Reader<'a> {
             None => DEFAULT_ALIGNMENT,
             Some((_, v)) => match v {
                 Value::U32(a) if *a > 0 && a.is_power_of_two() => *a as u64,
-                other => {
-                    return Err(self.err(format!(
-                        "general.alignment must be a power-of-two u32, found {other}"
-                    )))
-                }
+                other => return Err(self.err(format!("general.alignment must be a power-of-two u32, found {other}"))),
             },
         };
 
@@ -559,9 +484,7 @@ impl<'a> Reader<'a> {
             let name = self.string("tensor name")?;
             let n_dims = self.u32("tensor n_dims")? as usize;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(self.err(format!(
-                    "tensor `{name}` has {n_dims} dimensions (1–{MAX_DIMS} allowed)"
-                )));
+                return Err(self.err(format!("tensor `{name}` has {n_dims} dimensions (1–{MAX_DIMS} allowed)")));
             }
             let mut dims = Vec::with_capacity(n_dims);
             for _ in 0..n_dims {
@@ -572,9 +495,8 @@ impl<'a> Reader<'a> {
                 dims.push(d);
             }
             let ty_id = self.u32("tensor type")?;
-            let ty = GgmlType::from_id(ty_id).ok_or_else(|| {
-                self.err(format!("tensor `{name}` has unknown ggml type {ty_id}"))
-            })?;
+            let ty = GgmlType::from_id(ty_id)
+                .ok_or_else(|| self.err(format!("tensor `{name}` has unknown ggml type {ty_id}")))?;
             let offset = self.u64("tensor offset")?;
             let n_el = dims
                 .iter()
@@ -588,25 +510,15 @@ impl<'a> Reader<'a> {
                     ty.block_size()
                 )));
             }
-            let n_bytes = ty
-                .byte_size(n_el)
-                .ok_or_else(|| self.err(format!("tensor `{name}` byte size overflows")))?;
+            let n_bytes = ty.byte_size(n_el).ok_or_else(|| self.err(format!("tensor `{name}` byte size overflows")))?;
             if offset % alignment != 0 {
-                return Err(self.err(format!(
-                    "tensor `{name}` offset {offset} is not aligned to {alignment}"
-                )));
+                return Err(self.err(format!("tensor `{name}` offset {offset} is not aligned to {alignment}")));
             }
             if names.insert(name.clone(), ()).is_some() {
                 self.pos = at;
                 return Err(self.err(format!("duplicate tensor name `{name}`")));
             }
-            infos.push(TensorInfo {
-                name,
-                dims,
-                ty,
-                offset,
-                n_bytes,
-            });
+            infos.push(TensorInfo { name, dims, ty, offset, n_bytes });
         }
 
         let data_offset = (self.pos as u64).div_ceil(alignment) * alignment;
@@ -633,10 +545,7 @@ impl<'a> Reader<'a> {
                 return Err(Error::Gguf {
                     file: self.file.to_string(),
                     offset: data_offset.saturating_add(w[1].0),
-                    what: format!(
-                        "tensors `{}` and `{}` overlap",
-                        infos[w[0].2].name, infos[w[1].2].name
-                    ),
+                    what: format!("tensors `{}` and `{}` overlap", infos[w[0].2].name, infos[w[1].2].name),
                 });
             }
         }

@@ -181,10 +181,7 @@ impl GgmlType {
     /// True when vigil can dequantize this type (see [`crate::gguf::codec`]).
     pub fn can_dequantize(self) -> bool {
         use GgmlType::*;
-        matches!(
-            self,
-            F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q6_K
-        )
+        matches!(self, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q6_K)
     }
 
     /// True when vigil can quantize f32 values into this type.
@@ -232,9 +229,7 @@ impl GgmlType {
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
-        (0..64)
-            .filter_map(GgmlType::from_id)
-            .find(|t| t.name().eq_ignore_ascii_case(name))
+        (0..64).filter_map(GgmlType::from_id).find(|t| t.name().eq_ignore_ascii_case(name))
     }
 }
 

@@ -30,11 +30,7 @@ impl Default for GgufWriter {
 
 impl GgufWriter {
     pub fn new() -> Self {
-        GgufWriter {
-            metadata: Vec::new(),
-            tensors: Vec::new(),
-            alignment: DEFAULT_ALIGNMENT,
-        }
+        GgufWriter { metadata: Vec::new(), tensors: Vec::new(), alignment: DEFAULT_ALIGNMENT }
     }
 
     /// Sets (or replaces) a metadata key. `general.alignment` also changes the data alignment.
@@ -56,19 +52,9 @@ impl GgufWriter {
 
     /// Adds a tensor. `dims[0]` is the innermost dimension (ggml order); `data` must hold exactly
     /// the bytes of that many elements in `ty`.
-    pub fn add_tensor(
-        &mut self,
-        name: impl Into<String>,
-        dims: &[u64],
-        ty: GgmlType,
-        data: Vec<u8>,
-    ) -> Result<()> {
+    pub fn add_tensor(&mut self, name: impl Into<String>, dims: &[u64], ty: GgmlType, data: Vec<u8>) -> Result<()> {
         let name = name.into();
-        let bad = |what: String| Error::Tensor {
-            file: "<gguf writer>".into(),
-            tensor: name.clone(),
-            what,
-        };
+        let bad = |what: String| Error::Tensor { file: "<gguf writer>".into(), tensor: name.clone(), what };
         if dims.is_empty() || dims.len() > super::reader::MAX_DIMS || dims.contains(&0) {
             return Err(bad(format!("dims {dims:?} must be 1–4 non-zero values")));
         }
@@ -78,30 +64,14 @@ impl GgufWriter {
         let n: u64 = dims.iter().product();
         match ty.byte_size(n) {
             Some(b) if b == data.len() as u64 && dims[0] % ty.block_size() as u64 == 0 => {}
-            _ => {
-                return Err(bad(format!(
-                    "{} bytes do not hold {dims:?} elements of {ty}",
-                    data.len()
-                )))
-            }
+            _ => return Err(bad(format!("{} bytes do not hold {dims:?} elements of {ty}", data.len()))),
         }
-        self.tensors.push(PendingTensor {
-            name,
-            dims: dims.to_vec(),
-            ty,
-            data,
-        });
+        self.tensors.push(PendingTensor { name, dims: dims.to_vec(), ty, data });
         Ok(())
     }
 
     /// Quantizes f32 values into `ty` and adds them.
-    pub fn add_f32(
-        &mut self,
-        name: impl Into<String>,
-        dims: &[u64],
-        ty: GgmlType,
-        values: &[f32],
-    ) -> Result<()> {
+    pub fn add_f32(&mut self, name: impl Into<String>, dims: &[u64], ty: GgmlType, values: &[f32]) -> Result<()> {
         let data = super::codec::quantize(ty, values)?;
         self.add_tensor(name, dims, ty, data)
     }
@@ -192,8 +162,7 @@ fn write_array(buf: &mut Vec<u8>, a: &Array) {
     buf.extend_from_slice(&(a.len() as u64).to_le_bytes());
     macro_rules! le {
         ($v:expr) => {
-            $v.iter()
-                .for_each(|x| buf.extend_from_slice(&x.to_le_bytes()))
+            $v.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes()))
         };
     }
     match a {

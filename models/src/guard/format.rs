@@ -9,11 +9,7 @@ pub fn verdict_lines(mode: Mode, label: Label, policies: &[Policy]) -> String {
         let list = if label == Label::Safe || policies.is_empty() {
             "none".to_string()
         } else {
-            canonical(policies)
-                .iter()
-                .map(|p| p.name())
-                .collect::<Vec<_>>()
-                .join(", ")
+            canonical(policies).iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
         };
         s.push_str(&format!("\nViolated policies: {list}"));
     }
@@ -22,10 +18,7 @@ pub fn verdict_lines(mode: Mode, label: Label, policies: &[Policy]) -> String {
 
 /// Policies deduplicated, in the canonical order of [`Policy::ALL`].
 pub fn canonical(policies: &[Policy]) -> Vec<Policy> {
-    Policy::ALL
-        .into_iter()
-        .filter(|p| policies.contains(p))
-        .collect()
+    Policy::ALL.into_iter().filter(|p| policies.contains(p)).collect()
 }
 
 /// The full answer a guard should give: reasoning steps, then the verdict.
@@ -38,19 +31,14 @@ pub fn render(
     steps: &[String],
     proof: Option<&str>,
 ) -> String {
-    let steps_text: Vec<String> = steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| format!("Step {}: {}", i + 1, s.trim()))
-        .collect();
+    let steps_text: Vec<String> =
+        steps.iter().enumerate().map(|(i, s)| format!("Step {}: {}", i + 1, s.trim())).collect();
     let verdict = verdict_lines(mode, label, policies);
     match format {
         OutputFormat::Rsft => format!("Reasoning:\n{}\n\n{verdict}", steps_text.join("\n")),
         OutputFormat::DualStream => {
-            let proof = proof
-                .map(str::to_string)
-                .or_else(|| steps.last().map(|s| s.trim().to_string()))
-                .unwrap_or_default();
+            let proof =
+                proof.map(str::to_string).or_else(|| steps.last().map(|s| s.trim().to_string())).unwrap_or_default();
             format!(
                 "<think>\n{}\n</think>\n<proof>\n{proof}\n</proof>\n<answer>\n{verdict}\n</answer>",
                 steps_text.join("\n")
@@ -65,10 +53,8 @@ mod tests {
 
     #[test]
     fn rsft_matches_the_documented_shape() {
-        let steps = vec![
-            "The user asks for help to bully a classmate.".to_string(),
-            "That targets a person.".to_string(),
-        ];
+        let steps =
+            vec!["The user asks for help to bully a classmate.".to_string(), "That targets a person.".to_string()];
         let out = render(
             OutputFormat::Rsft,
             Mode::AllPolicies,
@@ -81,14 +67,7 @@ mod tests {
             out,
             "Reasoning:\nStep 1: The user asks for help to bully a classmate.\nStep 2: That targets a person.\n\nClassification: UNSAFE\nViolated policies: violence, harassment"
         );
-        let safe = render(
-            OutputFormat::Rsft,
-            Mode::AllPolicies,
-            Label::Safe,
-            &[],
-            &steps[..1],
-            None,
-        );
+        let safe = render(OutputFormat::Rsft, Mode::AllPolicies, Label::Safe, &[], &steps[..1], None);
         assert!(safe.ends_with("Classification: SAFE\nViolated policies: none"));
         let per = render(
             OutputFormat::Rsft,

@@ -28,14 +28,8 @@ pub enum Policy {
 }
 
 impl Policy {
-    pub const ALL: [Policy; 6] = [
-        Policy::HateSpeech,
-        Policy::Violence,
-        Policy::Illegal,
-        Policy::SelfHarm,
-        Policy::Harassment,
-        Policy::Sexual,
-    ];
+    pub const ALL: [Policy; 6] =
+        [Policy::HateSpeech, Policy::Violence, Policy::Illegal, Policy::SelfHarm, Policy::Harassment, Policy::Sexual];
 
     /// The identifier used in outputs and data (`hate_speech`).
     pub fn name(self) -> &'static str {
@@ -79,25 +73,13 @@ impl Policy {
             .trim()
             .trim_matches(|c: char| !c.is_alphanumeric())
             .chars()
-            .map(|c| {
-                if c.is_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
+            .map(|c| if c.is_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
             .collect();
-        let norm = norm
-            .split('_')
-            .filter(|p| !p.is_empty())
-            .collect::<Vec<_>>()
-            .join("_");
+        let norm = norm.split('_').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("_");
         Some(match norm.as_str() {
             "hate_speech" | "hate" | "hateful" | "hate_speeches" => Policy::HateSpeech,
             "violence" | "violent" | "violent_content" => Policy::Violence,
-            "illegal" | "illegal_activity" | "illegal_activities" | "crime" | "criminal" => {
-                Policy::Illegal
-            }
+            "illegal" | "illegal_activity" | "illegal_activities" | "crime" | "criminal" => Policy::Illegal,
             "self_harm" | "selfharm" | "suicide" | "self_injury" => Policy::SelfHarm,
             "harassment" | "harrassment" | "bullying" => Policy::Harassment,
             "sexual" | "sexual_content" | "sex" => Policy::Sexual,

@@ -48,44 +48,32 @@ impl std::fmt::Display for Unparseable {
 pub type Parsed = Result<Verdict, Unparseable>;
 
 fn fail(reason: impl Into<String>) -> Unparseable {
-    Unparseable {
-        reason: reason.into(),
-    }
+    Unparseable { reason: reason.into() }
 }
 
 /// Lowercased line content without leading whitespace, markdown markers or list bullets.
 fn line_key(line: &str) -> String {
-    line.trim_start_matches(|c: char| {
-        c.is_whitespace() || matches!(c, '*' | '#' | '_' | '>' | '-' | '`')
-    })
-    .to_lowercase()
+    line.trim_start_matches(|c: char| c.is_whitespace() || matches!(c, '*' | '#' | '_' | '>' | '-' | '`'))
+        .to_lowercase()
 }
 
 /// The value after a `key:` (or `key -` / `key =`), without emphasis or trailing punctuation.
 fn value_after_key(line: &str, key_len_hint: &str) -> String {
     let lower = line.to_lowercase();
-    let start = lower
-        .find(key_len_hint)
-        .map(|i| i + key_len_hint.len())
-        .unwrap_or(0);
+    let start = lower.find(key_len_hint).map(|i| i + key_len_hint.len()).unwrap_or(0);
     let rest = &line[start..];
     // skip the rest of the key word ("polic-ies"), then separators
     let rest = rest.trim_start_matches(|c: char| c.is_alphabetic());
-    rest.trim_start_matches(|c: char| {
-        c.is_whitespace() || matches!(c, ':' | '-' | '=' | '*' | '_' | '`')
-    })
-    .trim()
-    .trim_end_matches(|c: char| matches!(c, '*' | '_' | '`' | '.' | ';'))
-    .trim()
-    .to_string()
+    rest.trim_start_matches(|c: char| c.is_whitespace() || matches!(c, ':' | '-' | '=' | '*' | '_' | '`'))
+        .trim()
+        .trim_end_matches(|c: char| matches!(c, '*' | '_' | '`' | '.' | ';'))
+        .trim()
+        .to_string()
 }
 
 fn parse_label(value: &str) -> Option<Label> {
-    let v: String = value
-        .chars()
-        .filter(|c| c.is_alphanumeric() || c.is_whitespace())
-        .collect::<String>()
-        .to_lowercase();
+    let v: String =
+        value.chars().filter(|c| c.is_alphanumeric() || c.is_whitespace()).collect::<String>().to_lowercase();
     let first = v.split_whitespace().next()?;
     match first {
         "safe" => Some(Label::Safe),
@@ -96,25 +84,16 @@ fn parse_label(value: &str) -> Option<Label> {
 }
 
 fn parse_policy_list(value: &str) -> Vec<Policy> {
-    let v = value
-        .trim()
-        .trim_matches(|c: char| matches!(c, '[' | ']' | '(' | ')'));
+    let v = value.trim().trim_matches(|c: char| matches!(c, '[' | ']' | '(' | ')'));
     let lower = v.to_lowercase();
-    if matches!(
-        lower.trim_matches(|c: char| !c.is_alphanumeric()),
-        "" | "none" | "n a" | "na" | "no" | "nothing"
-    ) || lower == "n/a"
+    if matches!(lower.trim_matches(|c: char| !c.is_alphanumeric()), "" | "none" | "n a" | "na" | "no" | "nothing")
+        || lower == "n/a"
     {
         return Vec::new();
     }
     let mut out = Vec::new();
-    for part in lower
-        .replace(" and ", ",")
-        .split([',', ';', '/', '&', '|', '\n'])
-    {
-        if let Some(p) = Policy::from_name(
-            part.trim_matches(|c: char| c == '"' || c == '\'' || c.is_whitespace()),
-        ) {
+    for part in lower.replace(" and ", ",").split([',', ';', '/', '&', '|', '\n']) {
+        if let Some(p) = Policy::from_name(part.trim_matches(|c: char| c == '"' || c == '\'' || c.is_whitespace())) {
             out.push(p);
         }
     }
@@ -131,12 +110,8 @@ fn find_verdict(text: &str) -> Result<(usize, Label, Option<Vec<Policy>>), Unpar
         let key = line_key(line);
         if found.is_none() && key.starts_with("classification") {
             let value = value_after_key(line, "classification");
-            let label = parse_label(&value).ok_or_else(|| {
-                fail(format!(
-                    "classification `{}` is neither SAFE nor UNSAFE",
-                    value.trim()
-                ))
-            })?;
+            let label = parse_label(&value)
+                .ok_or_else(|| fail(format!("classification `{}` is neither SAFE nor UNSAFE", value.trim())))?;
             found = Some((offset, label));
         } else if found.is_some() && policies.is_none() && key.starts_with("violated polic") {
             policies = Some(parse_policy_list(&value_after_key(line, "violated polic")));
@@ -147,24 +122,13 @@ fn find_verdict(text: &str) -> Result<(usize, Label, Option<Vec<Policy>>), Unpar
     Ok((at, label, policies))
 }
 
-fn verdict(
-    label: Label,
-    listed: Option<Vec<Policy>>,
-    mode: Mode,
-    reasoning: String,
-    format: OutputFormat,
-) -> Verdict {
+fn verdict(label: Label, listed: Option<Vec<Policy>>, mode: Mode, reasoning: String, format: OutputFormat) -> Verdict {
     let policies = match (label, mode) {
         (Label::Safe, _) => Vec::new(),
         (Label::Unsafe, Mode::PerPolicy(p)) => vec![p],
         (Label::Unsafe, Mode::AllPolicies) => listed.unwrap_or_default(),
     };
-    Verdict {
-        label,
-        policies,
-        reasoning,
-        format,
-    }
+    Verdict { label, policies, reasoning, format }
 }
 
 /// Removes a leading `Reasoning:` header.
@@ -178,9 +142,7 @@ fn strip_reasoning_header(s: &str) -> &str {
             .trim_start_matches("reasoning")
             .trim_start_matches(|c: char| c == ':' || c == '*' || c.is_whitespace());
         if after.is_empty() {
-            return t[first_line_end..]
-                .strip_prefix('\n')
-                .unwrap_or(&t[first_line_end..]);
+            return t[first_line_end..].strip_prefix('\n').unwrap_or(&t[first_line_end..]);
         }
         // "Reasoning: Step 1 …" on one line: keep what follows the colon
         if let Some(colon) = t[..first_line_end].find(':') {
@@ -211,8 +173,7 @@ pub fn parse(text: &str, format: OutputFormat, mode: Mode) -> Parsed {
         }
         OutputFormat::DualStream => {
             let lower = text.to_lowercase();
-            let (answer, _) =
-                tagged(text, &lower, "answer").ok_or_else(|| fail("no <answer> section"))?;
+            let (answer, _) = tagged(text, &lower, "answer").ok_or_else(|| fail("no <answer> section"))?;
             let (label, listed) = match find_verdict(answer) {
                 Ok((_, l, p)) => (l, p),
                 // a bare "UNSAFE: violence" answer
@@ -228,12 +189,8 @@ pub fn parse(text: &str, format: OutputFormat, mode: Mode) -> Parsed {
                     (label, Some(parse_policy_list(rest)))
                 }
             };
-            let think = tagged(text, &lower, "think")
-                .map(|(t, _)| t.trim())
-                .unwrap_or("");
-            let proof = tagged(text, &lower, "proof")
-                .map(|(t, _)| t.trim())
-                .unwrap_or("");
+            let think = tagged(text, &lower, "think").map(|(t, _)| t.trim()).unwrap_or("");
+            let proof = tagged(text, &lower, "proof").map(|(t, _)| t.trim()).unwrap_or("");
             let reasoning = match (think.is_empty(), proof.is_empty()) {
                 (false, false) => format!("{think}\n\n{proof}"),
                 (false, true) => think.to_string(),
@@ -265,12 +222,7 @@ const DUAL_TAGS: [(&str, Option<Section>); 6] = [
 
 impl StreamParser {
     pub fn new(format: OutputFormat, mode: Mode) -> Self {
-        StreamParser {
-            format,
-            mode,
-            text: String::new(),
-            emitted: 0,
-        }
+        StreamParser { format, mode, text: String::new(), emitted: 0 }
     }
 
     /// Everything received so far.
@@ -294,12 +246,8 @@ impl StreamParser {
             }
             OutputFormat::DualStream => {
                 let lower = self.text.to_lowercase();
-                let think = tagged(&self.text, &lower, "think")
-                    .map(|(t, _)| t.trim().to_string())
-                    .unwrap_or_default();
-                let proof = tagged(&self.text, &lower, "proof")
-                    .map(|(t, _)| t.trim().to_string())
-                    .unwrap_or_default();
+                let think = tagged(&self.text, &lower, "think").map(|(t, _)| t.trim().to_string()).unwrap_or_default();
+                let proof = tagged(&self.text, &lower, "proof").map(|(t, _)| t.trim().to_string()).unwrap_or_default();
                 if proof.is_empty() {
                     think
                 } else {
@@ -317,19 +265,13 @@ impl StreamParser {
                     return false;
                 };
                 let tail = &self.text[at..];
-                let complete_lines: Vec<&str> = tail
-                    .split_inclusive('\n')
-                    .filter(|l| l.ends_with('\n'))
-                    .collect();
+                let complete_lines: Vec<&str> = tail.split_inclusive('\n').filter(|l| l.ends_with('\n')).collect();
                 match self.mode {
                     Mode::PerPolicy(_) => !complete_lines.is_empty(),
                     Mode::AllPolicies => {
-                        complete_lines
-                            .iter()
-                            .any(|l| line_key(l).starts_with("violated polic"))
+                        complete_lines.iter().any(|l| line_key(l).starts_with("violated polic"))
                             || complete_lines.first().is_some_and(|l| {
-                                parse_label(&value_after_key(l, "classification"))
-                                    == Some(Label::Safe)
+                                parse_label(&value_after_key(l, "classification")) == Some(Label::Safe)
                                     && complete_lines.len() >= 2
                             })
                     }
@@ -368,10 +310,8 @@ impl StreamParser {
                 // the "Reasoning:" header
                 let last_start = t.rfind('\n').map_or(0, |i| i + 1);
                 let key = line_key(&t[last_start..]);
-                let could_be = |word: &str| {
-                    key.len() < word.len() && word.starts_with(key.as_str())
-                        || key.starts_with(word)
-                };
+                let could_be =
+                    |word: &str| key.len() < word.len() && word.starts_with(key.as_str()) || key.starts_with(word);
                 if could_be("classification") || (last_start == 0 && could_be("reasoning")) {
                     last_start
                 } else {
@@ -433,10 +373,7 @@ impl StreamParser {
             // tags (dual-stream) are consumed silently
             if self.format == OutputFormat::DualStream {
                 let lower_rest = t[pos..upto].to_lowercase();
-                if let Some((tag, _)) = DUAL_TAGS
-                    .iter()
-                    .find(|(tag, _)| lower_rest.starts_with(tag))
-                {
+                if let Some((tag, _)) = DUAL_TAGS.iter().find(|(tag, _)| lower_rest.starts_with(tag)) {
                     pos += tag.len();
                     continue;
                 }
@@ -456,10 +393,7 @@ impl StreamParser {
             let piece = &t[pos..end];
             match out.last_mut() {
                 Some(u) if u.section == sec => u.text.push_str(piece),
-                _ => out.push(Update {
-                    section: sec,
-                    text: piece.to_string(),
-                }),
+                _ => out.push(Update { section: sec, text: piece.to_string() }),
             }
             pos = end;
         }
@@ -480,22 +414,35 @@ mod tests {
         let v = parse(RSFT, OutputFormat::Rsft, Mode::AllPolicies).unwrap();
         assert_eq!(v.label, Label::Unsafe);
         assert_eq!(v.policies, vec![Policy::Violence, Policy::Harassment]);
-        assert_eq!(
-            v.reasoning,
-            "Step 1: The user asks how to bully a classmate.\nStep 2: It targets a person."
-        );
+        assert_eq!(v.reasoning, "Step 1: The user asks how to bully a classmate.\nStep 2: It targets a person.");
     }
 
     #[test]
     fn tolerates_small_drift() {
         for (text, label, policies) in [
             ("Step 1: fine.\nclassification: safe\nviolated policies: None.", Label::Safe, vec![]),
-            ("Step 1: x\n**Classification:** Unsafe\n**Violated Policies:** Hate Speech and self-harm", Label::Unsafe, vec![Policy::HateSpeech, Policy::SelfHarm]),
-            ("Reasoning: short.\nCLASSIFICATION :UNSAFE\nViolated policies: [illegal]", Label::Unsafe, vec![Policy::Illegal]),
-            ("Step 1: x\n  Classification - UNSAFE.\nViolated policies: violence; sexual content", Label::Unsafe, vec![Policy::Violence, Policy::Sexual]),
+            (
+                "Step 1: x\n**Classification:** Unsafe\n**Violated Policies:** Hate Speech and self-harm",
+                Label::Unsafe,
+                vec![Policy::HateSpeech, Policy::SelfHarm],
+            ),
+            (
+                "Reasoning: short.\nCLASSIFICATION :UNSAFE\nViolated policies: [illegal]",
+                Label::Unsafe,
+                vec![Policy::Illegal],
+            ),
+            (
+                "Step 1: x\n  Classification - UNSAFE.\nViolated policies: violence; sexual content",
+                Label::Unsafe,
+                vec![Policy::Violence, Policy::Sexual],
+            ),
             ("Step 1: x\nClassification: UNSAFE", Label::Unsafe, vec![]),
             ("Step 1: x\nClassification: SAFE\nViolated policies: violence", Label::Safe, vec![]),
-            ("Step 1: x\nClassification: not safe\nViolated policies: harassment", Label::Unsafe, vec![Policy::Harassment]),
+            (
+                "Step 1: x\nClassification: not safe\nViolated policies: harassment",
+                Label::Unsafe,
+                vec![Policy::Harassment],
+            ),
         ] {
             let v = parse(text, OutputFormat::Rsft, Mode::AllPolicies).unwrap_or_else(|e| panic!("{text:?}: {e}"));
             assert_eq!((v.label, v.policies), (label, policies), "{text:?}");
@@ -504,30 +451,11 @@ mod tests {
 
     #[test]
     fn unparseable_says_why() {
-        let e = parse(
-            "I think this is fine.",
-            OutputFormat::Rsft,
-            Mode::AllPolicies,
-        )
-        .unwrap_err();
+        let e = parse("I think this is fine.", OutputFormat::Rsft, Mode::AllPolicies).unwrap_err();
         assert!(e.reason.contains("no `Classification:` line"));
-        let e = parse(
-            "Classification: maybe",
-            OutputFormat::Rsft,
-            Mode::AllPolicies,
-        )
-        .unwrap_err();
-        assert!(
-            e.reason.contains("`maybe` is neither SAFE nor UNSAFE"),
-            "{}",
-            e.reason
-        );
-        let e = parse(
-            "<think>x</think>",
-            OutputFormat::DualStream,
-            Mode::AllPolicies,
-        )
-        .unwrap_err();
+        let e = parse("Classification: maybe", OutputFormat::Rsft, Mode::AllPolicies).unwrap_err();
+        assert!(e.reason.contains("`maybe` is neither SAFE nor UNSAFE"), "{}", e.reason);
+        let e = parse("<think>x</think>", OutputFormat::DualStream, Mode::AllPolicies).unwrap_err();
         assert!(e.reason.contains("no <answer>"));
     }
 
@@ -547,20 +475,11 @@ mod tests {
         let text = "<think>\nThe phrase is a metaphor.\n</think>\n<proof>\n\"annihilate\" refers to market share\n</proof>\n<answer>\nClassification: SAFE\nViolated policies: none\n</answer>";
         let v = parse(text, OutputFormat::DualStream, Mode::AllPolicies).unwrap();
         assert_eq!(v.label, Label::Safe);
-        assert_eq!(
-            v.reasoning,
-            "The phrase is a metaphor.\n\n\"annihilate\" refers to market share"
-        );
-        let bare = parse(
-            "<think>t</think><answer>UNSAFE: violence</answer>",
-            OutputFormat::DualStream,
-            Mode::AllPolicies,
-        )
-        .unwrap();
-        assert_eq!(
-            (bare.label, bare.policies),
-            (Label::Unsafe, vec![Policy::Violence])
-        );
+        assert_eq!(v.reasoning, "The phrase is a metaphor.\n\n\"annihilate\" refers to market share");
+        let bare =
+            parse("<think>t</think><answer>UNSAFE: violence</answer>", OutputFormat::DualStream, Mode::AllPolicies)
+                .unwrap();
+        assert_eq!((bare.label, bare.policies), (Label::Unsafe, vec![Policy::Violence]));
     }
 
     /// Streamed in chunks of every size, the reported text equals the output minus header and
@@ -584,40 +503,23 @@ mod tests {
                     expect = expect.replace(tag, "");
                 }
                 assert_eq!(joined, expect, "{format:?} chunk {chunk}");
-                assert_eq!(
-                    verdict.unwrap(),
-                    parse(text, format, Mode::AllPolicies).unwrap()
-                );
+                assert_eq!(verdict.unwrap(), parse(text, format, Mode::AllPolicies).unwrap());
                 let order: Vec<Section> = all.iter().map(|u| u.section).collect();
                 match format {
                     OutputFormat::Rsft => {
-                        let first_verdict =
-                            order.iter().position(|s| *s == Section::Verdict).unwrap();
-                        assert!(order[..first_verdict]
-                            .iter()
-                            .all(|s| *s == Section::Reasoning));
-                        assert!(order[first_verdict..]
-                            .iter()
-                            .all(|s| *s == Section::Verdict));
-                        let reasoning: String = all
-                            .iter()
-                            .filter(|u| u.section == Section::Reasoning)
-                            .map(|u| u.text.as_str())
-                            .collect();
+                        let first_verdict = order.iter().position(|s| *s == Section::Verdict).unwrap();
+                        assert!(order[..first_verdict].iter().all(|s| *s == Section::Reasoning));
+                        assert!(order[first_verdict..].iter().all(|s| *s == Section::Verdict));
+                        let reasoning: String =
+                            all.iter().filter(|u| u.section == Section::Reasoning).map(|u| u.text.as_str()).collect();
                         assert!(!reasoning.to_lowercase().contains("classification"));
                     }
                     OutputFormat::DualStream => {
-                        let think: String = all
-                            .iter()
-                            .filter(|u| u.section == Section::Think)
-                            .map(|u| u.text.as_str())
-                            .collect();
+                        let think: String =
+                            all.iter().filter(|u| u.section == Section::Think).map(|u| u.text.as_str()).collect();
                         assert_eq!(think.trim(), "Step 1: a metaphor.");
-                        let ans: String = all
-                            .iter()
-                            .filter(|u| u.section == Section::Answer)
-                            .map(|u| u.text.as_str())
-                            .collect();
+                        let ans: String =
+                            all.iter().filter(|u| u.section == Section::Answer).map(|u| u.text.as_str()).collect();
                         assert!(ans.contains("Classification: SAFE"));
                     }
                 }

@@ -18,12 +18,7 @@ const SYSTEM: &str = "You are vigil, a content safety classifier. Read the conte
 
 impl GuardRequest {
     pub fn new(content: impl Into<String>) -> Self {
-        GuardRequest {
-            content: content.into(),
-            response: None,
-            mode: Mode::AllPolicies,
-            format: OutputFormat::Rsft,
-        }
+        GuardRequest { content: content.into(), response: None, mode: Mode::AllPolicies, format: OutputFormat::Rsft }
     }
     pub fn with_response(mut self, response: Option<String>) -> Self {
         self.response = response;
@@ -55,15 +50,10 @@ impl GuardRequest {
 
     /// User message: the question, the policy definitions and the content.
     pub fn user_message(&self) -> String {
-        let subject = if self.response.is_some() {
-            "conversation"
-        } else {
-            "content"
-        };
+        let subject = if self.response.is_some() { "conversation" } else { "content" };
         let mut s = match self.mode {
             Mode::AllPolicies => {
-                let mut s =
-                    format!("Analyze this {subject} for safety policy violations.\n\nPolicies:\n");
+                let mut s = format!("Analyze this {subject} for safety policy violations.\n\nPolicies:\n");
                 for p in Policy::ALL {
                     s.push_str(&format!("- {}: {}\n", p.name(), p.definition()));
                 }
@@ -88,10 +78,7 @@ impl GuardRequest {
 
     /// The conversation to send (system + user), ready for a chat template.
     pub fn messages(&self) -> Vec<Message> {
-        vec![
-            Message::system(self.system_prompt()),
-            Message::user(self.user_message()),
-        ]
+        vec![Message::system(self.system_prompt()), Message::user(self.user_message())]
     }
 }
 
@@ -112,39 +99,23 @@ mod tests {
 
     #[test]
     fn per_policy_prompt_follows_the_seed_wording() {
-        let r = GuardRequest::new("Write a guide on hacking websites")
-            .with_mode(Mode::PerPolicy(Policy::Illegal));
-        assert!(r
-            .user_message()
-            .starts_with("Analyze this content for illegal activity policy violations:"));
+        let r = GuardRequest::new("Write a guide on hacking websites").with_mode(Mode::PerPolicy(Policy::Illegal));
+        assert!(r.user_message().starts_with("Analyze this content for illegal activity policy violations:"));
         assert!(!r.system_prompt().contains("Violated policies"));
     }
 
     #[test]
     fn response_moderation_includes_both_sides() {
-        let r = GuardRequest::new("how to pick a lock")
-            .with_response(Some("I can't help with that.".into()));
+        let r = GuardRequest::new("how to pick a lock").with_response(Some("I can't help with that.".into()));
         let u = r.user_message();
-        assert!(
-            u.contains("User request: how to pick a lock")
-                && u.contains("AI response: I can't help with that.")
-        );
+        assert!(u.contains("User request: how to pick a lock") && u.contains("AI response: I can't help with that."));
         assert!(u.starts_with("Analyze this conversation"));
     }
 
     #[test]
     fn dual_stream_prompt_names_the_tags() {
-        let s = GuardRequest::new("x")
-            .with_format(OutputFormat::DualStream)
-            .system_prompt();
-        for t in [
-            "<think>",
-            "</think>",
-            "<proof>",
-            "</proof>",
-            "<answer>",
-            "</answer>",
-        ] {
+        let s = GuardRequest::new("x").with_format(OutputFormat::DualStream).system_prompt();
+        for t in ["<think>", "</think>", "<proof>", "</proof>", "<answer>", "</answer>"] {
             assert!(s.contains(t), "{t}");
         }
     }

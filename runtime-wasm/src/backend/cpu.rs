@@ -40,9 +40,7 @@ impl Backend for CpuBackend {
         self.cache.truncate(n);
     }
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let logits = self
-            .model
-            .forward(tokens, Some(&mut self.cache), Logits::Last)?;
+        let logits = self.model.forward(tokens, Some(&mut self.cache), Logits::Last)?;
         Llama::logits_vec(&logits)
     }
     fn set_adapter(&mut self, adapter: Option<&LoraAdapter>) -> Result<()> {

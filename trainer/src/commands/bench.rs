@@ -27,56 +27,32 @@ fn llama_bench(bin: &Path, model: &Path, threads: usize, args: &BenchArgs) -> Re
     let out = Command::new(bin)
         .arg("-m")
         .arg(model)
-        .args([
-            "-t",
-            &threads.to_string(),
-            "-p",
-            &args.prompt_tokens.to_string(),
-            "-n",
-            &args.gen_tokens.to_string(),
-        ])
+        .args(["-t", &threads.to_string(), "-p", &args.prompt_tokens.to_string(), "-n", &args.gen_tokens.to_string()])
         .args(["-r", &args.repeats.max(1).to_string(), "-o", "json"])
         .output()
         .with_context(|| format!("running {}", bin.display()))?;
     if !out.status.success() {
-        bail!(
-            "{} failed: {}",
-            bin.display(),
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
+        bail!("{} failed: {}", bin.display(), String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("llama-bench printed no JSON")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("llama-bench printed no JSON")?;
     let mut pp = None;
     let mut tg = None;
     for r in v.as_array().context("llama-bench JSON is not an array")? {
-        let (np, ng, ts) = (
-            r["n_prompt"].as_u64(),
-            r["n_gen"].as_u64(),
-            r["avg_ts"].as_f64(),
-        );
+        let (np, ng, ts) = (r["n_prompt"].as_u64(), r["n_gen"].as_u64(), r["avg_ts"].as_f64());
         match (np, ng) {
             (Some(p), Some(0)) if p > 0 => pp = ts,
             (Some(0), Some(g)) if g > 0 => tg = ts,
             _ => {}
         }
     }
-    Ok((
-        pp.context("no prompt-processing result")?,
-        tg.context("no generation result")?,
-    ))
+    Ok((pp.context("no prompt-processing result")?, tg.context("no generation result")?))
 }
 
 pub fn run(args: BenchArgs, g: &Global) -> Result<()> {
     if args.backend == BackendArg::Gpu {
         bail!("the GPU backend is not built yet; use --backend cpu");
     }
-    let threads = g
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = g.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let path = crate::commands::resolve_model(&args.model.model)?;
     let mut margs = args.model.clone();
     margs.model = path.display().to_string();
@@ -88,12 +64,7 @@ pub fn run(args: BenchArgs, g: &Global) -> Result<()> {
         "The guard reads a piece of content and reasons step by step about each policy before it gives a verdict. \
          Metaphors such as annihilating the competition are not violence, and killing a zombie process is routine work. ",
     )?;
-    let prompt: Vec<u32> = base
-        .iter()
-        .copied()
-        .cycle()
-        .take(args.prompt_tokens)
-        .collect();
+    let prompt: Vec<u32> = base.iter().copied().cycle().take(args.prompt_tokens).collect();
     let pb = crate::progress::items("bench", (args.repeats + 1) as u64);
     guard.run_tokens(&prompt[..16.min(prompt.len())], 4)?; // warm-up: page in the weights
     pb.inc(1);
@@ -111,10 +82,7 @@ pub fn run(args: BenchArgs, g: &Global) -> Result<()> {
         Some(bin) => Some(llama_bench(bin, &path, threads, &args)?),
         None => None,
     };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     if args.json {
         let mut o = json!({
             "backend": guard.backend_name(),
@@ -131,21 +99,10 @@ pub fn run(args: BenchArgs, g: &Global) -> Result<()> {
         }
         println!("{o}");
     } else {
-        println!(
-            "{name}, {} backend, {threads} threads, median of {}",
-            guard.backend_name(),
-            args.repeats.max(1)
-        );
-        println!(
-            "{:<10} {:>14} {:>14} {:>8}",
-            "", "vigil tok/s", "llama.cpp", "ratio"
-        );
+        println!("{name}, {} backend, {threads} threads, median of {}", guard.backend_name(), args.repeats.max(1));
+        println!("{:<10} {:>14} {:>14} {:>8}", "", "vigil tok/s", "llama.cpp", "ratio");
         for (label, ours, theirs) in [
-            (
-                format!("pp{}", args.prompt_tokens),
-                prefill,
-                llama.map(|l| l.0),
-            ),
+            (format!("pp{}", args.prompt_tokens), prefill, llama.map(|l| l.0)),
             (format!("tg{}", args.gen_tokens), decode, llama.map(|l| l.1)),
         ] {
             match theirs {

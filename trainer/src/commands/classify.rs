@@ -23,15 +23,13 @@ struct Input {
 }
 
 pub fn run(args: ClassifyArgs, _g: &Global) -> Result<()> {
-    let mode = match &args.policy {
-        None => Mode::AllPolicies,
-        Some(p) => Mode::PerPolicy(Policy::from_name(p).with_context(|| {
-            format!(
-                "unknown policy `{p}` (one of: {})",
-                Policy::ALL.map(|p| p.name()).join(", ")
-            )
-        })?),
-    };
+    let mode =
+        match &args.policy {
+            None => Mode::AllPolicies,
+            Some(p) => Mode::PerPolicy(Policy::from_name(p).with_context(|| {
+                format!("unknown policy `{p}` (one of: {})", Policy::ALL.map(|p| p.name()).join(", "))
+            })?),
+        };
     let format = match args.format {
         FormatArg::Rsft => OutputFormat::Rsft,
         FormatArg::Dual => OutputFormat::DualStream,
@@ -45,6 +43,7 @@ pub fn run(args: ClassifyArgs, _g: &Global) -> Result<()> {
             seed: args.seed,
         },
         stop_at_verdict: !args.no_early_stop,
+        force_verdict: !args.no_force_verdict,
     };
     let inputs = read_inputs(&args)?;
     let mut guard = crate::commands::load_guard(&args.model)?;
@@ -111,21 +110,12 @@ fn read_inputs(args: &ClassifyArgs) -> Result<Vec<Input>> {
                 continue;
             }
             match parse_line(&line) {
-                Ok((content, response, id)) => out.push(Input {
-                    content,
-                    response,
-                    id,
-                    origin,
-                }),
+                Ok((content, response, id)) => out.push(Input { content, response, id, origin }),
                 Err(e) => bad.push(format!("{origin}: {e}")),
             }
         }
         if !bad.is_empty() {
-            bail!(
-                "{} bad line(s), nothing classified:\n  {}",
-                bad.len(),
-                bad.join("\n  ")
-            );
+            bail!("{} bad line(s), nothing classified:\n  {}", bad.len(), bad.join("\n  "));
         }
         if out.is_empty() {
             bail!("{} holds no inputs", path.display());
@@ -136,19 +126,12 @@ fn read_inputs(args: &ClassifyArgs) -> Result<Vec<Input>> {
         None => bail!("give the text to classify, `-` for standard input, or --file JSONL"),
         Some("-") => {
             let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .context("reading standard input")?;
+            std::io::stdin().read_to_string(&mut s).context("reading standard input")?;
             s
         }
         Some(t) => t.to_string(),
     };
-    Ok(vec![Input {
-        content,
-        response: args.response.clone(),
-        id: None,
-        origin: "input".into(),
-    }])
+    Ok(vec![Input { content, response: args.response.clone(), id: None, origin: "input".into() }])
 }
 
 /// Reads `{"text"|"prompt"|"content": …, "response"?: …, "id"?: …}`.
@@ -170,20 +153,12 @@ fn parse_line(line: &str) -> Result<(String, Option<String>, Option<serde_json::
     Ok((text, response, obj.get("id").cloned()))
 }
 
-fn classify_quiet(
-    guard: &mut Guard,
-    req: &GuardRequest,
-    opts: &ClassifyOptions,
-) -> Result<Outcome> {
+fn classify_quiet(guard: &mut Guard, req: &GuardRequest, opts: &ClassifyOptions) -> Result<Outcome> {
     Ok(guard.classify(req, opts, |_| ControlFlow::Continue(()))?)
 }
 
 /// Streams section text to stdout as it arrives.
-fn classify_streaming(
-    guard: &mut Guard,
-    req: &GuardRequest,
-    opts: &ClassifyOptions,
-) -> Result<Outcome> {
+fn classify_streaming(guard: &mut Guard, req: &GuardRequest, opts: &ClassifyOptions) -> Result<Outcome> {
     let stdout = std::io::stdout();
     let color = stdout.is_terminal();
     let mut last: Option<Section> = None;
@@ -235,14 +210,7 @@ fn print_verdict(o: &Outcome) -> Result<()> {
             let policies = if v.policies.is_empty() {
                 String::new()
             } else {
-                format!(
-                    " — {}",
-                    v.policies
-                        .iter()
-                        .map(|p| p.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+                format!(" — {}", v.policies.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "))
             };
             let (c, label) = match v.label {
                 Label::Safe => ("\x1b[1;32m", "SAFE"),
@@ -256,6 +224,7 @@ fn print_verdict(o: &Outcome) -> Result<()> {
         }
         Err(e) => format!("Verdict: unparseable ({})", e.reason),
     };
+    let line = if o.forced { format!("{line}   (the model wrote no verdict: chosen by likelihood)") } else { line };
     println!("{line}");
     let s = &o.stats;
     eprintln!(
@@ -272,6 +241,7 @@ fn outcome_json(o: &Outcome) -> serde_json::Value {
             "policies": v.policies.iter().map(|p| p.name()).collect::<Vec<_>>(),
             "reasoning": v.reasoning,
             "raw": o.raw,
+            "forced": o.forced,
             "stop": o.stop,
             "stats": o.stats,
         }),
@@ -294,20 +264,10 @@ mod tests {
     #[test]
     fn jsonl_lines_accept_the_documented_keys_and_reject_the_rest() {
         assert_eq!(parse_line(r#"{"text":"a"}"#).unwrap().0, "a");
-        assert_eq!(
-            parse_line(r#"{"prompt":"a","response":"b","id":7}"#)
-                .unwrap()
-                .1
-                .as_deref(),
-            Some("b")
-        );
+        assert_eq!(parse_line(r#"{"prompt":"a","response":"b","id":7}"#).unwrap().1.as_deref(), Some("b"));
         assert!(parse_line("{").unwrap_err().contains("not JSON"));
         assert!(parse_line("[1]").unwrap_err().contains("not a JSON object"));
-        assert!(parse_line(r#"{"label":"safe"}"#)
-            .unwrap_err()
-            .contains("no `text`"));
-        assert!(parse_line(r#"{"text":3}"#)
-            .unwrap_err()
-            .contains("not a string"));
+        assert!(parse_line(r#"{"label":"safe"}"#).unwrap_err().contains("no `text`"));
+        assert!(parse_line(r#"{"text":3}"#).unwrap_err().contains("not a string"));
     }
 }

@@ -26,21 +26,14 @@ pub fn run(args: FetchModelArgs, _g: &Global) -> Result<()> {
     let name = args.name.as_deref().unwrap_or(catalog::DEFAULT_MODEL);
     let entry = catalog::find(name).with_context(|| {
         let names: Vec<String> = catalog::entries().into_iter().map(|e| e.name).collect();
-        format!(
-            "`{name}` is not in the catalogue (known: {})",
-            names.join(", ")
-        )
+        format!("`{name}` is not in the catalogue (known: {})", names.join(", "))
     })?;
     let was_cached = entry.cached().is_some();
     let path = crate::fetch::fetch(&entry)?;
     if was_cached {
         eprintln!("vigil: {} is already in the cache", entry.name);
     } else {
-        eprintln!(
-            "vigil: {} verified (sha256 {})",
-            entry.name,
-            &entry.sha256[..16]
-        );
+        eprintln!("vigil: {} verified (sha256 {})", entry.name, &entry.sha256[..16]);
     }
     println!("{}", path.display());
     Ok(())

@@ -35,10 +35,7 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
     if p.extension().is_some_and(|e| e == "gguf") || arg.contains('/') {
         bail!("model file {arg} does not exist");
     }
-    bail!(
-        "`{arg}` is neither a file nor a catalogued model (known: {})",
-        names.join(", ")
-    )
+    bail!("`{arg}` is neither a file nor a catalogued model (known: {})", names.join(", "))
 }
 
 /// Reads a GGUF LoRA adapter (`none` → no adapter).
@@ -53,8 +50,7 @@ pub fn load_adapter(arg: &str) -> Result<Option<LoraAdapter>> {
 /// Loads base model and adapter on the CPU backend.
 pub fn load_guard(m: &ModelArgs) -> Result<Guard> {
     let path = resolve_model(&m.model)?;
-    let mut guard =
-        Guard::open_cpu(&path, m.context).with_context(|| format!("loading {}", path.display()))?;
+    let mut guard = Guard::open_cpu(&path, m.context).with_context(|| format!("loading {}", path.display()))?;
     if let Some(a) = load_adapter(&m.adapter)? {
         guard.set_adapter(Some(&a))?;
     }
