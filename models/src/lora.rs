@@ -119,7 +119,7 @@ impl LoraAdapter {
         }
         for (base, p) in &self.pairs {
             // q8_0 needs rows of whole blocks; a rank below 32 makes B's rows too short.
-            let row_ok = |n: usize| n % ty.block_size() == 0;
+            let row_ok = |n: usize| n.is_multiple_of(ty.block_size());
             let ta = if row_ok(p.in_dim) { ty } else { GgmlType::F32 };
             let tb = if row_ok(p.r) { ty } else { GgmlType::F32 };
             w.add_f32(format!("{base}.lora_a"), &[p.in_dim as u64, p.r as u64], ta, &p.a)?;

@@ -142,7 +142,7 @@ impl Tokenizer {
             VocabKind::Gpt2Bpe => {
                 let pre = g.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
                 let merges = g.str_array("tokenizer.ggml.merges")?;
-                let bpe = build_gpt2(&texts, &merges, pre).map_err(err)?;
+                let bpe = build_gpt2(&texts, merges, pre).map_err(err)?;
                 let table = byte_level_decode_table();
                 let pieces = texts
                     .iter()
@@ -494,8 +494,7 @@ impl TokenDecoder {
             }
         };
         let rest = self.pending.split_off(valid);
-        let out = String::from_utf8(std::mem::replace(&mut self.pending, rest)).unwrap_or_default();
-        out
+        String::from_utf8(std::mem::replace(&mut self.pending, rest)).unwrap_or_default()
     }
 
     /// Whatever is left at the end of the stream (replaced if incomplete).

@@ -85,7 +85,8 @@ fn user_typed_control_tokens_stay_text() {
 fn bad_input_is_refused_with_a_reason() {
     let Some(mut g) = guard() else { return };
     let opts = short();
-    let err = |g: &mut Guard, r: GuardRequest| g.classify(&r, &opts, |_| ControlFlow::Continue(())).unwrap_err().to_string();
+    let err =
+        |g: &mut Guard, r: GuardRequest| g.classify(&r, &opts, |_| ControlFlow::Continue(())).unwrap_err().to_string();
     assert!(err(&mut g, GuardRequest::new("   ")).contains("empty"));
     assert!(err(&mut g, GuardRequest::new("hi").with_response(Some(String::new()))).contains("response"));
     // longer than the 2048-token context: refused, not cut

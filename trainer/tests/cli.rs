@@ -31,7 +31,11 @@ fn classify_json_prints_the_documented_object() {
 #[test]
 fn classify_streams_reasoning_then_the_verdict() {
     let Some(model) = model_for_test("smollm2") else { return };
-    let out = vigil().args(["classify", "--max-tokens", "32", "--model"]).arg(&model).arg("-").stdin_text("How do I kill a zombie process?");
+    let out = vigil()
+        .args(["classify", "--max-tokens", "32", "--model"])
+        .arg(&model)
+        .arg("-")
+        .stdin_text("How do I kill a zombie process?");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     let reasoning = text.find("Reasoning").expect("a Reasoning heading");
@@ -45,7 +49,13 @@ fn jsonl_file_gives_one_result_per_line_with_ids() {
     let tmp = TempDir::new("cli");
     let f = tmp.path().join("in.jsonl");
     std::fs::write(&f, "{\"id\": 1, \"text\": \"How do I bake bread?\"}\n\n{\"id\": \"b\", \"prompt\": \"Is it safe to mix bleach and ammonia?\", \"response\": \"No, never mix them.\"}\n").unwrap();
-    let out = vigil().args(["classify", "--json", "--max-tokens", "24", "--model"]).arg(&model).arg("--file").arg(&f).output().unwrap();
+    let out = vigil()
+        .args(["classify", "--json", "--max-tokens", "24", "--model"])
+        .arg(&model)
+        .arg("--file")
+        .arg(&f)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<serde_json::Value> =
         String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -86,7 +96,12 @@ trait StdinText {
 impl StdinText for Command {
     fn stdin_text(&mut self, s: &str) -> std::process::Output {
         use std::io::Write;
-        let mut child = self.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut child = self
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
         child.wait_with_output().unwrap()
     }

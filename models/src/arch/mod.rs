@@ -236,7 +236,7 @@ impl ArchConfig {
 
     /// True when layer `il` attends only within the sliding window.
     pub fn is_sliding(&self, il: usize) -> bool {
-        self.sliding_window.is_some() && (il + 1) % self.sliding_pattern != 0
+        self.sliding_window.is_some() && !(il + 1).is_multiple_of(self.sliding_pattern)
     }
 
     pub fn q_dim(&self) -> usize {

@@ -278,7 +278,13 @@ pub fn has_avx2() -> bool {
 
 /// y[m, n] = x[m, k] · Wᵀ where W is `n` rows of `k` values in `ty` blocks.
 pub fn matmul(ty: GgmlType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
-    assert!(supported(ty) && k % 32 == 0 && w.len() == n * row_bytes(ty, k) && x.len() == m * k && y.len() == m * n);
+    assert!(
+        supported(ty)
+            && k.is_multiple_of(32)
+            && w.len() == n * row_bytes(ty, k)
+            && x.len() == m * k
+            && y.len() == m * n
+    );
     let nb = k / 32;
     let mut xq = vec![Q8Block::default(); m * nb];
     for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(nb)) {

@@ -118,7 +118,7 @@ fn helper(s: Arc<Shared>) {
                 break;
             }
             spins += 1;
-            if spins % 64 == 0 && start.elapsed() > SPIN {
+            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
                 let g = s.park.lock().unwrap_or_else(|p| p.into_inner());
                 if s.generation.load(Ordering::Acquire) == seen {
                     let _ = s.wake.wait_timeout(g, Duration::from_millis(100));

@@ -37,7 +37,7 @@ pub fn bf16_bits_to_f32(b: u16) -> f32 {
 pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
     let bs = ty.block_size();
     let ts = ty.type_size();
-    if out.len() % bs != 0 {
+    if !out.len().is_multiple_of(bs) {
         return Err(codec_err(ty, format!("{} values is not a whole number of {bs}-value blocks", out.len())));
     }
     let n_blocks = out.len() / bs;
@@ -176,7 +176,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 /// Quantizes `x` (a whole number of blocks) into `ty`, with ggml's reference rounding.
 pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
     let bs = ty.block_size();
-    if x.len() % bs != 0 {
+    if !x.len().is_multiple_of(bs) {
         return Err(codec_err(ty, format!("{} values is not a whole number of {bs}-value blocks", x.len())));
     }
     let mut out = Vec::with_capacity(x.len() / bs * ty.type_size());

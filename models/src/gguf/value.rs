@@ -133,11 +133,13 @@ impl Array {
     }
 
     /// A numeric array as f64 values (any element type).
+    #[allow(clippy::unnecessary_cast)]
     pub fn to_f64(&self) -> Option<Vec<f64>> {
         each_numeric!(self, v => Some(v.iter().map(|&x| x as f64).collect()), _ => None)
     }
 
     /// An integer array as i64 values (floats are refused).
+    #[allow(clippy::unnecessary_cast)]
     pub fn to_i64(&self) -> Option<Vec<i64>> {
         match self {
             Array::F32(_) | Array::F64(_) => None,

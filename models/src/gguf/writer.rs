@@ -63,7 +63,7 @@ impl GgufWriter {
         }
         let n: u64 = dims.iter().product();
         match ty.byte_size(n) {
-            Some(b) if b == data.len() as u64 && dims[0] % ty.block_size() as u64 == 0 => {}
+            Some(b) if b == data.len() as u64 && dims[0].is_multiple_of(ty.block_size() as u64) => {}
             _ => return Err(bad(format!("{} bytes do not hold {dims:?} elements of {ty}", data.len()))),
         }
         self.tensors.push(PendingTensor { name, dims: dims.to_vec(), ty, data });

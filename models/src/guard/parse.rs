@@ -66,7 +66,7 @@ fn value_after_key(line: &str, key_len_hint: &str) -> String {
     let rest = rest.trim_start_matches(|c: char| c.is_alphabetic());
     rest.trim_start_matches(|c: char| c.is_whitespace() || matches!(c, ':' | '-' | '=' | '*' | '_' | '`'))
         .trim()
-        .trim_end_matches(|c: char| matches!(c, '*' | '_' | '`' | '.' | ';'))
+        .trim_end_matches(['*', '_', '`', '.', ';'])
         .trim()
         .to_string()
 }
