@@ -151,3 +151,65 @@ impl LoraAdapter {
         LoraAdapter { name: format!("random-r{r}-seed{seed}"), arch: arch.into(), alpha: Some(alpha), pairs }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> LoraAdapter {
+        let layers = vec![("blk.0.attn_q.weight".to_string(), 64, 64), ("blk.1.ffn_down.weight".to_string(), 128, 64)];
+        LoraAdapter::random("llama", &layers, 32, 16.0, 0.1, 1)
+    }
+
+    fn reread(w: &GgufWriter) -> Result<LoraAdapter> {
+        LoraAdapter::from_gguf(&Gguf::from_bytes("a.gguf", w.to_bytes()).unwrap())
+    }
+
+    #[test]
+    fn gguf_round_trip_in_every_storage_type() {
+        let a = sample();
+        for (ty, tol) in [(GgmlType::F32, 0.0), (GgmlType::F16, 1e-3), (GgmlType::BF16, 1e-2), (GgmlType::Q8_0, 2e-2)] {
+            let b = reread(&a.to_gguf(ty).unwrap()).unwrap();
+            assert_eq!((b.arch.as_str(), b.alpha), ("llama", Some(16.0)));
+            assert_eq!(b.pairs.keys().collect::<Vec<_>>(), a.pairs.keys().collect::<Vec<_>>());
+            for (k, p) in &a.pairs {
+                let q = &b.pairs[k];
+                assert_eq!((q.r, q.in_dim, q.out_dim), (p.r, p.in_dim, p.out_dim));
+                for (x, y) in p.a.iter().chain(&p.b).zip(q.a.iter().chain(&q.b)) {
+                    assert!((x - y).abs() <= tol * x.abs().max(0.3), "{ty} {k}: {x} vs {y}");
+                }
+            }
+            assert_eq!(b.scale(32), 0.5);
+        }
+    }
+
+    #[test]
+    fn malformed_adapters_are_refused_with_the_tensor_named() {
+        let a = sample();
+        let base = a.to_gguf(GgmlType::F32).unwrap();
+        let mut not_adapter = a.to_gguf(GgmlType::F32).unwrap();
+        not_adapter.set("general.type", Value::string("model"));
+        assert!(reread(&not_adapter).unwrap_err().to_string().contains("is this a base model?"));
+
+        let mut half = GgufWriter::new();
+        for (k, v) in [("general.architecture", "llama"), ("general.type", "adapter"), ("adapter.type", "lora")] {
+            half.set(k, Value::string(v));
+        }
+        half.add_f32("blk.0.attn_q.weight.lora_a", &[64, 4], GgmlType::F32, &[0.0; 256]).unwrap();
+        assert!(reread(&half)
+            .unwrap_err()
+            .to_string()
+            .contains("`blk.0.attn_q.weight` has only one of lora_a / lora_b"));
+        half.add_f32("blk.0.attn_q.weight.lora_b", &[8, 64], GgmlType::F32, &[0.0; 512]).unwrap();
+        assert!(reread(&half).unwrap_err().to_string().contains("rank 4"));
+
+        let mut stray = GgufWriter::new();
+        for (k, v) in [("general.architecture", "llama"), ("general.type", "adapter"), ("adapter.type", "lora")] {
+            stray.set(k, Value::string(v));
+        }
+        stray.add_f32("blk.0.attn_q.weight", &[4], GgmlType::F32, &[0.0; 4]).unwrap();
+        assert!(reread(&stray).unwrap_err().to_string().contains("neither `.lora_a` nor `.lora_b`"));
+        assert!(reread(&base).is_ok());
+        assert!(a.to_gguf(GgmlType::Q4_1).is_err());
+    }
+}

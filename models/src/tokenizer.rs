@@ -504,3 +504,79 @@ impl TokenDecoder {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::{GgufWriter, Value};
+
+    fn tiny() -> GgufWriter {
+        let bytes = crate::testing::tiny_llama(crate::gguf::GgmlType::F32, 1);
+        let g = Gguf::from_bytes("t.gguf", bytes).unwrap();
+        let mut w = GgufWriter::new();
+        for (k, v) in g.metadata() {
+            w.set(k.clone(), v.clone());
+        }
+        w
+    }
+
+    fn build(w: &GgufWriter) -> Result<Tokenizer> {
+        Tokenizer::from_gguf(&Gguf::from_bytes("t.gguf", w.to_bytes()).unwrap())
+    }
+
+    #[test]
+    fn byte_level_vocabulary_round_trips_any_text() {
+        let tok = build(&tiny()).unwrap();
+        let text = "héllo <|im_end|> 😀";
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(tok.decode(&ids), text);
+        assert!(!ids.contains(&tok.token_id("<|im_end|>").unwrap()));
+        assert_eq!(tok.encode_special("<|im_end|>").unwrap(), vec![258]);
+    }
+
+    #[test]
+    fn missing_or_inconsistent_keys_are_named() {
+        type Edit = fn(&mut GgufWriter);
+        let cases: [(Edit, &str); 8] = [
+            (|w| w.remove("tokenizer.ggml.model"), "`tokenizer.ggml.model`: missing"),
+            (|w| w.remove("tokenizer.ggml.tokens"), "`tokenizer.ggml.tokens`: missing"),
+            (|w| w.remove("tokenizer.ggml.merges"), "`tokenizer.ggml.merges`: missing"),
+            (
+                |w| {
+                    w.set("tokenizer.ggml.model", Value::string("bert"));
+                },
+                "vocabulary type `bert` is not supported",
+            ),
+            (
+                |w| {
+                    w.set("tokenizer.ggml.pre", Value::string("weird"));
+                },
+                "pre-tokenizer `weird` is not supported",
+            ),
+            (
+                |w| {
+                    w.set("tokenizer.ggml.token_type", Value::i32_array([1, 1]));
+                },
+                "2 token types for 259 tokens",
+            ),
+            (
+                |w| {
+                    w.set("tokenizer.ggml.bos_token_id", Value::U32(9999));
+                },
+                "outside the vocabulary of 259",
+            ),
+            (
+                |w| {
+                    w.set("tokenizer.ggml.merges", Value::str_array(["Ġt"]));
+                },
+                "merge 0 `Ġt` is not two tokens",
+            ),
+        ];
+        for (edit, needle) in cases {
+            let mut w = tiny();
+            edit(&mut w);
+            let e = build(&w).unwrap_err().to_string();
+            assert!(e.contains(needle) && e.contains("t.gguf"), "expected {needle:?} in: {e}");
+        }
+    }
+}

@@ -172,3 +172,11 @@ fn adapters_swap_without_reloading_and_mismatches_are_named() {
     // a failed attach leaves the base model working and unchanged
     assert_eq!(run(&mut g, &req, &opts).raw, base);
 }
+
+/// The Gemma 3 file is recognised but its decoder is not built yet: a clear error, not a panic.
+#[test]
+fn an_architecture_without_a_decoder_is_refused_by_name() {
+    let Some(path) = model_for_test("gemma3") else { return };
+    let e = Guard::open_cpu(&path, 512).err().expect("gemma3 has no CPU decoder yet").to_string();
+    assert!(e.contains("gemma3") && e.contains("gemma-3-270m-q4_k_m.gguf"), "{e}");
+}

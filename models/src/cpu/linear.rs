@@ -133,20 +133,26 @@ impl Linear {
         }
     }
 
+    /// Checks that a LoRA branch fits this layer: A [r, in], B [out, r].
+    pub fn check_lora(&self, l: &LoraBranch) -> Result<()> {
+        let (r, a_in) = l.a.dims2()?;
+        let (b_out, b_r) = l.b.dims2()?;
+        if a_in != self.in_dim || b_out != self.out_dim || r != b_r || r == 0 {
+            return Err(Error::Adapter {
+                file: String::new(),
+                what: format!(
+                    "tensor `{}`: LoRA A is [{r}, {a_in}] and B is [{b_out}, {b_r}], but the layer is {} → {} (A must be [r, {}], B [{}, r])",
+                    self.name, self.in_dim, self.out_dim, self.in_dim, self.out_dim
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Attaches (or replaces) a LoRA branch after checking its shapes against this layer.
     pub fn set_lora(&mut self, branch: Option<LoraBranch>) -> Result<()> {
         if let Some(l) = &branch {
-            let (r, a_in) = l.a.dims2()?;
-            let (b_out, b_r) = l.b.dims2()?;
-            if a_in != self.in_dim || b_out != self.out_dim || r != b_r || r == 0 {
-                return Err(Error::Adapter {
-                    file: String::new(),
-                    what: format!(
-                        "tensor `{}`: LoRA A is [{r}, {a_in}] and B is [{b_out}, {b_r}], but the layer is {} → {} (A must be [r, {}], B [{}, r])",
-                        self.name, self.in_dim, self.out_dim, self.in_dim, self.out_dim
-                    ),
-                });
-            }
+            self.check_lora(l)?;
         }
         self.lora = branch;
         Ok(())

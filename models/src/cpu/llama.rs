@@ -75,6 +75,8 @@ pub enum Logits {
 
 pub struct Llama {
     cfg: ArchConfig,
+    /// dtype of activations: f32 for quantized weights, the dense dtype otherwise.
+    dtype: DType,
     embd: Embedding,
     blocks: Vec<Block>,
     out_norm: Norm,
@@ -100,7 +102,11 @@ impl Llama {
             let info = g.require_tensor(name)?;
             check_dims(g, info, &[d as u64])?;
             let w = g.tensor_f32(name)?;
-            Ok(Norm { w: Tensor::from_slice(&w, d, dev)?, fused: super::fused::RmsNorm { w, eps: cfg.rms_eps } })
+            let wt = Tensor::from_slice(&w, d, dev)?.to_dtype(match mode {
+                WeightMode::Quantized => DType::F32,
+                WeightMode::Dense(dt) => dt,
+            })?;
+            Ok(Norm { w: wt, fused: super::fused::RmsNorm { w, eps: cfg.rms_eps } })
         };
         let embd_info = g.require_tensor("token_embd.weight")?.clone();
         check_dims(g, &embd_info, &[d as u64, cfg.vocab_size as u64])?;
@@ -131,7 +137,12 @@ impl Llama {
         let head_name = if cfg.tied_embeddings { "token_embd.weight" } else { "output.weight" };
         // The output head is always quantized-capable; in dense mode it is dense too.
         let lm_head = Linear::load(g, head_name, d, cfg.vocab_size, mode, dev)?;
+        let dtype = match mode {
+            WeightMode::Quantized => DType::F32,
+            WeightMode::Dense(dt) => dt,
+        };
         Ok(Llama {
+            dtype,
             out_norm: norm("output_norm.weight")?,
             embd: Embedding { g: g.clone(), info: embd_info, dim: d },
             blocks,
@@ -211,8 +222,8 @@ impl Llama {
             let b = match a.pairs.get(&l.name) {
                 None => None,
                 Some(p) => Some(super::linear::LoraBranch {
-                    a: Tensor::from_vec(p.a.clone(), (p.r, p.in_dim), &dev)?,
-                    b: Tensor::from_vec(p.b.clone(), (p.out_dim, p.r), &dev)?,
+                    a: Tensor::from_vec(p.a.clone(), (p.r, p.in_dim), &dev)?.to_dtype(self.dtype)?,
+                    b: Tensor::from_vec(p.b.clone(), (p.out_dim, p.r), &dev)?.to_dtype(self.dtype)?,
                     scale: a.scale(p.r),
                 }),
             };
@@ -226,6 +237,36 @@ impl Llama {
         }
         self.adapter = Some(a.name.clone());
         Ok(())
+    }
+
+    /// Attaches LoRA branches given as tensors (e.g. trainable `Var`s), keyed by base tensor name;
+    /// layers not named lose their branch. Shapes are checked and each problem names the tensor.
+    pub fn set_lora_branches(
+        &mut self,
+        mut branches: std::collections::HashMap<String, super::linear::LoraBranch>,
+    ) -> Result<()> {
+        let names: std::collections::HashSet<String> = self.lora_targets().into_iter().map(|t| t.0).collect();
+        if let Some(stray) = branches.keys().find(|k| !names.contains(*k)) {
+            return Err(Error::Adapter {
+                file: "<lora branches>".into(),
+                what: format!("tensor `{stray}` is not a LoRA target of this base model"),
+            });
+        }
+        for l in self.linears() {
+            if let Some(b) = branches.get(&l.name) {
+                l.check_lora(b)?;
+            }
+        }
+        for l in self.linears_mut() {
+            l.lora = branches.remove(&l.name);
+        }
+        self.adapter = Some("<lora branches>".into());
+        Ok(())
+    }
+
+    /// dtype of activations and dense weights.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Runs `tokens` through the decoder. With a cache, they continue the cached sequence (and are
@@ -259,9 +300,11 @@ impl Llama {
         }
         let cfg = &self.cfg;
         let (hd, nh, nkv) = (cfg.head_dim, cfg.n_head, cfg.n_head_kv);
-        let mut x = self.embd.lookup(tokens, &self.dev)?;
+        let dt = self.dtype;
+        let mut x = self.embd.lookup(tokens, &self.dev)?.to_dtype(dt)?;
         let (cos, sin) = ops::rope_tables(cfg.rope_base, cfg.rope_dim, start, t, &self.dev)?;
-        let mask = if t > 1 { Some(ops::causal_mask(t, start, None, &self.dev)?) } else { None };
+        let (cos, sin) = (cos.to_dtype(dt)?, sin.to_dtype(dt)?);
+        let mask = if t > 1 { Some(ops::causal_mask(t, start, None, &self.dev)?.to_dtype(dt)?) } else { None };
         let scale = 1.0 / (hd as f64).sqrt();
         for (il, b) in self.blocks.iter().enumerate() {
             let h = b.attn_norm.forward(&x)?;

@@ -50,6 +50,11 @@ impl GgufWriter {
         self
     }
 
+    /// Removes a metadata key (no-op when absent).
+    pub fn remove(&mut self, key: &str) {
+        self.metadata.retain(|(k, _)| k != key);
+    }
+
     /// Adds a tensor. `dims[0]` is the innermost dimension (ggml order); `data` must hold exactly
     /// the bytes of that many elements in `ty`.
     pub fn add_tensor(&mut self, name: impl Into<String>, dims: &[u64], ty: GgmlType, data: Vec<u8>) -> Result<()> {
