@@ -90,8 +90,11 @@ fn lora_branch_equals_merged_weights() {
     assert!(max_diff(&m.forward(&TOKENS, None, Logits::All).unwrap(), &with_lora) > 1e-2, "the adapter had no effect");
 }
 
-/// Trainable LoRA variables on all seven projections of both layers; a scalar loss of all logits.
-fn lora_vars(m: &Llama, dt: DType, seed: u64) -> (HashMap<String, LoraBranch>, Vec<(String, Var, Var)>) {
+/// (layer name, A, B) of each trainable branch.
+type LoraVars = Vec<(String, Var, Var)>;
+
+/// Trainable LoRA variables on all seven projections of both layers.
+fn lora_vars(m: &Llama, dt: DType, seed: u64) -> (HashMap<String, LoraBranch>, LoraVars) {
     let adapter = LoraAdapter::random("llama", &targets(m), 2, 4.0, 0.3, seed);
     let mut branches = HashMap::new();
     let mut vars = Vec::new();
