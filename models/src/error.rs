@@ -43,6 +43,7 @@ pub enum Error {
 }
 
 impl Error {
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }

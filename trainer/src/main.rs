@@ -9,11 +9,15 @@ use clap::Parser;
 
 fn main() {
     let cli = cli::Cli::parse();
-    if let Some(n) = cli.global.threads {
-        // candle's kernels read RAYON_NUM_THREADS; rayon's pool is sized here before first use.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
-    }
+    // candle reads RAYON_NUM_THREADS on every matmul (and counts CPUs through /proc when it is
+    // unset); vigil's thread team and rayon's pool are sized from it too. Set it once, here.
+    let threads = cli
+        .global
+        .threads
+        .or_else(|| std::env::var("RAYON_NUM_THREADS").ok()?.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     let result = match cli.command {
         cli::Command::FetchModel(a) => commands::fetch_model::run(a, &cli.global),
         cli::Command::Classify(a) => commands::classify::run(a, &cli.global),

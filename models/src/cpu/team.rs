@@ -8,9 +8,11 @@
 
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
+#[cfg(not(target_arch = "wasm32"))]
 use std::time::{Duration, Instant};
 
 /// How long an idle helper spins before it parks.
+#[cfg(not(target_arch = "wasm32"))]
 const SPIN: Duration = Duration::from_micros(500);
 
 type Job = dyn Fn(usize) + Sync;
@@ -47,6 +49,7 @@ impl Team {
             park: Mutex::new(()),
             wake: Condvar::new(),
         });
+        #[allow(unused_mut)] // no helper threads in wasm32
         let mut helpers = 0;
         #[cfg(not(target_arch = "wasm32"))]
         for i in 1..threads.max(1) {
@@ -106,6 +109,7 @@ fn work(s: &Shared, f: &(dyn Fn(usize) + Sync)) {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn helper(s: Arc<Shared>) {
     // Start from the generation at construction (0), not the current one: a job published before
     // this thread first runs must still be joined, or its caller would wait forever.
