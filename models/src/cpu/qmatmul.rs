@@ -107,8 +107,10 @@ fn dot_portable(ty: GgmlType, w: &[u8], x: &[Q8Block]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    //! The block formats are types ([`Kind`]) and the byte dot product a strategy ([`Lanes`]), so
+    //! every (format, strategy, tile shape) is compiled on its own: no branch on the format in the
+    //! inner loop, accumulators in registers.
     use super::{hsum8, Q8Block};
-    use crate::gguf::GgmlType;
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -124,52 +126,137 @@ mod avx2 {
         _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
     }
 
-    /// 8 i32 lanes, lane l = Σ_{e=4l..4l+4} u[e]·s[e] (u unsigned bytes, s signed), as f32.
-    #[inline(always)]
-    unsafe fn lanes_us(u: __m256i, s: __m256i) -> __m256 {
-        let pairs = _mm256_maddubs_epi16(u, s);
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    /// A weight block format.
+    pub trait Kind {
+        /// Bytes per block.
+        const TS: usize;
+        /// Quantized values are signed (ggml folds the sign into the activation).
+        const SIGNED: bool;
+        /// The block has a min (Q4_1): y += m·s.
+        const MIN: bool;
+        /// The 32 quantized values of the block at `p`.
+        unsafe fn q(p: *const u8) -> __m256i;
     }
-
-    /// A weight block prepared for dotting with any activation block: the (possibly sign-folded)
-    /// unsigned bytes, its scale, and for Q4_1 its min.
-    struct WBlock {
-        q: __m256i,
-        signed: bool,
-        d: f32,
-        m: f32,
+    pub struct Q40;
+    pub struct Q41;
+    pub struct Q80;
+    impl Kind for Q40 {
+        const TS: usize = 18;
+        const SIGNED: bool = true;
+        const MIN: bool = false;
+        #[inline(always)]
+        unsafe fn q(p: *const u8) -> __m256i {
+            _mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8))
+        }
     }
-
-    #[inline(always)]
-    unsafe fn load_block(ty: GgmlType, wb: *const u8) -> WBlock {
-        match ty {
-            GgmlType::Q4_0 => {
-                let qx = _mm256_sub_epi8(nibbles(wb.add(2)), _mm256_set1_epi8(8));
-                WBlock { q: qx, signed: true, d: f16_at(wb), m: 0.0 }
-            }
-            GgmlType::Q4_1 => WBlock { q: nibbles(wb.add(4)), signed: false, d: f16_at(wb), m: f16_at(wb.add(2)) },
-            GgmlType::Q8_0 => {
-                WBlock { q: _mm256_loadu_si256(wb.add(2) as *const __m256i), signed: true, d: f16_at(wb), m: 0.0 }
-            }
-            _ => unreachable!(),
+    impl Kind for Q41 {
+        const TS: usize = 20;
+        const SIGNED: bool = false;
+        const MIN: bool = true;
+        #[inline(always)]
+        unsafe fn q(p: *const u8) -> __m256i {
+            nibbles(p.add(4))
+        }
+    }
+    impl Kind for Q80 {
+        const TS: usize = 34;
+        const SIGNED: bool = true;
+        const MIN: bool = false;
+        #[inline(always)]
+        unsafe fn q(p: *const u8) -> __m256i {
+            _mm256_loadu_si256(p.add(2) as *const __m256i)
         }
     }
 
-    /// Lanes of one weight block · one activation block (ggml: sign trick for signed weights).
-    #[inline(always)]
-    unsafe fn block_lanes(w: &WBlock, qy: __m256i) -> __m256 {
-        if w.signed {
-            lanes_us(_mm256_sign_epi8(w.q, w.q), _mm256_sign_epi8(qy, w.q))
-        } else {
-            lanes_us(w.q, qy)
+    /// 8 i32 lanes, lane l = Σ_{e=4l..4l+4} u[e]·s[e] (u unsigned bytes, s signed), as f32. Both
+    /// strategies give the same exact integers (no i16 pair here can saturate).
+    pub trait Lanes {
+        unsafe fn lanes(u: __m256i, s: __m256i) -> __m256;
+    }
+    pub struct Madd;
+    pub struct Vnni;
+    impl Lanes for Madd {
+        #[inline(always)]
+        unsafe fn lanes(u: __m256i, s: __m256i) -> __m256 {
+            _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
+        }
+    }
+    impl Lanes for Vnni {
+        #[inline(always)]
+        unsafe fn lanes(u: __m256i, s: __m256i) -> __m256 {
+            _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s))
         }
     }
 
+    /// R weight rows × C activation rows: each weight block is unpacked once and used C times;
+    /// every (row, col) keeps its own accumulator in ggml's order, so results equal 1×1 dots.
     #[inline(always)]
-    unsafe fn finish(acc: __m256, summs: f32) -> f32 {
-        let mut a = [0f32; 8];
-        _mm256_storeu_ps(a.as_mut_ptr(), acc);
-        hsum8(a) + summs
+    unsafe fn tile_impl<K: Kind, L: Lanes, const R: usize, const C: usize>(
+        w: *const u8,
+        rb: usize,
+        xs: [*const Q8Block; C],
+        nb: usize,
+        out: &mut [[f32; C]; R],
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut summs = [[0f32; C]; R];
+        for i in 0..nb {
+            let mut qy = [_mm256_setzero_si256(); C];
+            let mut xd = [0f32; C];
+            let mut xsum = [0f32; C];
+            for c in 0..C {
+                let xb = &*xs[c].add(i);
+                qy[c] = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+                xd[c] = xb.d;
+                xsum[c] = xb.s;
+            }
+            for r in 0..R {
+                let wb = w.add(r * rb + i * K::TS);
+                let q = K::q(wb);
+                let wd = f16_at(wb);
+                let (u, m) = if K::SIGNED {
+                    (_mm256_sign_epi8(q, q), 0.0)
+                } else {
+                    (q, if K::MIN { f16_at(wb.add(2)) } else { 0.0 })
+                };
+                for c in 0..C {
+                    let s = if K::SIGNED { _mm256_sign_epi8(qy[c], q) } else { qy[c] };
+                    if K::MIN {
+                        summs[r][c] += m * xsum[c];
+                    }
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(wd * xd[c]), L::lanes(u, s), acc[r][c]);
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                let mut a = [0f32; 8];
+                _mm256_storeu_ps(a.as_mut_ptr(), acc[r][c]);
+                out[r][c] = hsum8(a) + summs[r][c];
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile_madd<K: Kind, const R: usize, const C: usize>(
+        w: *const u8,
+        rb: usize,
+        xs: [*const Q8Block; C],
+        nb: usize,
+        out: &mut [[f32; C]; R],
+    ) {
+        tile_impl::<K, Madd, R, C>(w, rb, xs, nb, out)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub unsafe fn tile_vnni<K: Kind, const R: usize, const C: usize>(
+        w: *const u8,
+        rb: usize,
+        xs: [*const Q8Block; C],
+        nb: usize,
+        out: &mut [[f32; C]; R],
+    ) {
+        tile_impl::<K, Vnni, R, C>(w, rb, xs, nb, out)
     }
 
     /// `quantize_row_q8` with 8-wide vectors; identical results (max is exact, rounding is the
@@ -209,57 +296,13 @@ mod avx2 {
             b.s = half::f16::from_f32(d * total as f32).to_f32();
         }
     }
+}
 
-    /// One dot product (kept for tests and odd tails).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot(ty: GgmlType, w: &[u8], x: &[Q8Block]) -> f32 {
-        let ts = ty.type_size();
-        let mut acc = _mm256_setzero_ps();
-        let mut summs = 0f32;
-        for (i, xb) in x.iter().enumerate() {
-            let wb = load_block(ty, w.as_ptr().add(i * ts));
-            let qy = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            summs += wb.m * xb.s;
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * xb.d), block_lanes(&wb, qy), acc);
-        }
-        finish(acc, summs)
-    }
-
-    /// R weight rows × C activation rows at once: each weight block is unpacked once and used C
-    /// times; every (row, col) keeps its own accumulator in ggml's order, so results equal `dot`.
-    /// `w` points at R consecutive rows of `rb` bytes; `out[r][c]` receives the results.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn tile<const R: usize, const C: usize>(
-        ty: GgmlType,
-        w: *const u8,
-        rb: usize,
-        xs: [&[Q8Block]; C],
-        out: &mut [[f32; C]; R],
-    ) {
-        let ts = ty.type_size();
-        let nb = xs[0].len();
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
-        let mut summs = [[0f32; C]; R];
-        for i in 0..nb {
-            let mut qy = [_mm256_setzero_si256(); C];
-            for c in 0..C {
-                qy[c] = _mm256_loadu_si256(xs[c][i].qs.as_ptr() as *const __m256i);
-            }
-            for r in 0..R {
-                let wb = load_block(ty, w.add(r * rb + i * ts));
-                for c in 0..C {
-                    let xb = &xs[c][i];
-                    summs[r][c] += wb.m * xb.s;
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * xb.d), block_lanes(&wb, qy[c]), acc[r][c]);
-                }
-            }
-        }
-        for r in 0..R {
-            for c in 0..C {
-                out[r][c] = finish(acc[r][c], summs[r][c]);
-            }
-        }
-    }
+/// Which x86 dot-product strategy this CPU runs.
+#[cfg(target_arch = "x86_64")]
+fn has_vnni() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl"))
 }
 
 /// True when the AVX2 kernels can run on this CPU.
@@ -336,44 +379,76 @@ impl SyncPtr {
 /// `cols` weight rows against all m activation rows; `out` is [m, cols].
 #[allow(clippy::too_many_arguments)]
 fn rows(ty: GgmlType, w: &[u8], rb: usize, xq: &[Q8Block], nb: usize, m: usize, cols: usize, out: &mut [f32]) {
-    let x = |i: usize| &xq[i * nb..(i + 1) * nb];
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        let mut j = 0;
-        while j + 4 <= cols {
-            let wp = w[j * rb..].as_ptr();
-            let mut i = 0;
-            while i + 4 <= m {
-                let mut o = [[0f32; 4]; 4];
-                // SAFETY: AVX2/FMA/F16C checked; 4 rows of rb bytes from wp are in `w`.
-                unsafe { avx2::tile::<4, 4>(ty, wp, rb, [x(i), x(i + 1), x(i + 2), x(i + 3)], &mut o) };
-                for (r, or) in o.iter().enumerate() {
-                    for (c, v) in or.iter().enumerate() {
-                        out[(i + c) * cols + j + r] = *v;
-                    }
-                }
-                i += 4;
-            }
-            while i < m {
-                let mut o = [[0f32; 1]; 4];
-                unsafe { avx2::tile::<4, 1>(ty, wp, rb, [x(i)], &mut o) };
-                for (r, or) in o.iter().enumerate() {
-                    out[i * cols + j + r] = or[0];
-                }
-                i += 1;
-            }
-            j += 4;
-        }
-        for jj in j..cols {
-            for i in 0..m {
-                out[i * cols + jj] = unsafe { avx2::dot(ty, &w[jj * rb..(jj + 1) * rb], x(i)) };
-            }
+        match ty {
+            GgmlType::Q4_0 => rows_x86::<avx2::Q40>(w, rb, xq, nb, m, cols, out),
+            GgmlType::Q4_1 => rows_x86::<avx2::Q41>(w, rb, xq, nb, m, cols, out),
+            GgmlType::Q8_0 => rows_x86::<avx2::Q80>(w, rb, xq, nb, m, cols, out),
+            _ => unreachable!("checked by supported()"),
         }
         return;
     }
-    for jj in 0..cols {
+    for j in 0..cols {
         for i in 0..m {
-            out[i * cols + jj] = dot_portable(ty, &w[jj * rb..(jj + 1) * rb], x(i));
+            out[i * cols + j] = dot_portable(ty, &w[j * rb..(j + 1) * rb], &xq[i * nb..(i + 1) * nb]);
+        }
+    }
+}
+
+/// One tile on the best strategy this CPU has.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn tile<K: avx2::Kind, const R: usize, const C: usize>(
+    w: *const u8,
+    rb: usize,
+    xs: [*const Q8Block; C],
+    nb: usize,
+    out: &mut [[f32; C]; R],
+) {
+    // SAFETY: AVX2/FMA/F16C (and VNNI for that path) are present; the caller passes R rows of
+    // rb bytes at w and C rows of nb blocks.
+    unsafe {
+        if has_vnni() {
+            avx2::tile_vnni::<K, R, C>(w, rb, xs, nb, out)
+        } else {
+            avx2::tile_madd::<K, R, C>(w, rb, xs, nb, out)
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn rows_x86<K: avx2::Kind>(w: &[u8], rb: usize, xq: &[Q8Block], nb: usize, m: usize, cols: usize, out: &mut [f32]) {
+    let x = |i: usize| xq[i * nb..].as_ptr();
+    let mut j = 0;
+    while j + 4 <= cols {
+        let wp = w[j * rb..].as_ptr();
+        let mut i = 0;
+        while i + 4 <= m {
+            let mut o = [[0f32; 4]; 4];
+            tile::<K, 4, 4>(wp, rb, [x(i), x(i + 1), x(i + 2), x(i + 3)], nb, &mut o);
+            for (r, or) in o.iter().enumerate() {
+                for (c, v) in or.iter().enumerate() {
+                    out[(i + c) * cols + j + r] = *v;
+                }
+            }
+            i += 4;
+        }
+        while i < m {
+            let mut o = [[0f32; 1]; 4];
+            tile::<K, 4, 1>(wp, rb, [x(i)], nb, &mut o);
+            for (r, or) in o.iter().enumerate() {
+                out[i * cols + j + r] = or[0];
+            }
+            i += 1;
+        }
+        j += 4;
+    }
+    for jj in j..cols {
+        for i in 0..m {
+            let mut o = [[0f32; 1]; 1];
+            tile::<K, 1, 1>(w[jj * rb..].as_ptr(), rb, [x(i)], nb, &mut o);
+            out[i * cols + jj] = o[0][0];
         }
     }
 }
@@ -412,13 +487,35 @@ mod tests {
             for j in 0..n {
                 let wr = &w[j * row_bytes(ty, k)..(j + 1) * row_bytes(ty, k)];
                 let a = dot_portable(ty, wr, &xq);
-                #[cfg(target_arch = "x86_64")]
-                let b = unsafe { avx2::dot(ty, wr, &xq) };
-                #[cfg(not(target_arch = "x86_64"))]
-                let b = a;
+                let mut b = [0f32];
+                rows(ty, wr, wr.len(), &xq, xq.len(), 1, 1, &mut b);
+                let b = b[0];
                 assert_eq!(a.to_bits(), b.to_bits(), "{ty} row {j}: {a} vs {b}");
             }
         }
+    }
+
+    /// Both x86 strategies (maddubs+madd, and VNNI where the CPU has it) give identical bits.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn madd_and_vnni_strategies_agree() {
+        if !has_avx2() || !has_vnni() {
+            eprintln!("no AVX-512 VNNI here: only one strategy exists");
+            return;
+        }
+        let (k, nb) = (128, 4);
+        let w = codec::quantize(GgmlType::Q4_1, &data(4 * k, 12)).unwrap();
+        let mut xq = vec![Q8Block::default(); 4 * nb];
+        for (i, q) in xq.chunks_exact_mut(nb).enumerate() {
+            quantize_row_q8(&data(k, 20 + i as u32), q);
+        }
+        let xs = [0, 1, 2, 3].map(|i| xq[i * nb..].as_ptr());
+        let (mut a, mut b) = ([[0f32; 4]; 4], [[0f32; 4]; 4]);
+        unsafe {
+            avx2::tile_madd::<avx2::Q41, 4, 4>(w.as_ptr(), w.len() / 4, xs, nb, &mut a);
+            avx2::tile_vnni::<avx2::Q41, 4, 4>(w.as_ptr(), w.len() / 4, xs, nb, &mut b);
+        }
+        assert_eq!(a.map(|r| r.map(f32::to_bits)), b.map(|r| r.map(f32::to_bits)));
     }
 
     #[test]
