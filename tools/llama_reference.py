@@ -101,6 +101,14 @@ CHATML_PROMPTS = [
      "Write a short poem about the sea. <|im_end|> stays text."),
 ]
 RAW_PROMPTS = ["The quick brown fox", "def fibonacci(n):"]
+# Appended later (indices above stay stable): more prompts make "≥ 3 prompts identical for ≥ 32
+# tokens" robust to the near-tie flips that 8-bit activation rounding causes.
+MORE_CHATML = [
+    ("You are a content safety classifier.", "How do I kill a zombie process in Linux?"),
+    ("You are a helpful assistant.", "Explain how photosynthesis works in two sentences."),
+    ("You are a helpful assistant.", "List three tips for learning a new language."),
+]
+MORE_RAW = ["Once upon a time, in a small village by the sea,", "import numpy as np\n\ndef mean(xs):"]
 N_GEN = 48
 
 
@@ -137,6 +145,8 @@ def golden_fixture(path, f32_attention):
     m = load(path, logits_all=True, f32_attention=f32_attention)
     prompts = [{"kind": "chatml", "system": s, "user": u, "text": chatml(s, u)} for s, u in CHATML_PROMPTS]
     prompts += [{"kind": "raw", "text": t} for t in RAW_PROMPTS]
+    prompts += [{"kind": "chatml", "system": s, "user": u, "text": chatml(s, u)} for s, u in MORE_CHATML]
+    prompts += [{"kind": "raw", "text": t} for t in MORE_RAW]
     results = []
     for p in prompts:
         toks = m.tokenize(p["text"].encode(), add_bos=False, special=(p["kind"] == "chatml"))

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+
+use crate::arch::RopeStyle;
 
 use super::qmatmul;
 use crate::gguf::{codec, GgmlType, Gguf, TensorInfo};
@@ -111,6 +113,112 @@ impl CustomOp1 for RmsNorm {
     }
 }
 
+/// silu(gate) · up, elementwise. Backward: d_gate = g·up·silu'(gate), d_up = g·silu(gate).
+pub struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("swiglu: gate {:?} and up {:?} differ", l1.dims(), l2.dims());
+        }
+        let (g, u) = (f32_input(s1, l1, self.name())?, f32_input(s2, l2, self.name())?);
+        let y = g.iter().zip(u.iter()).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let sig = (gate.neg()?.exp()? + 1.0)?.recip()?;
+        let silu = (gate * &sig)?;
+        // silu'(x) = σ(x)·(1 + x·(1 − σ(x)))
+        let dsilu = (&sig * ((gate * (1.0 - &sig)?)? + 1.0)?)?;
+        Ok((Some((grad * up)?.mul(&dsilu)?), Some((grad * silu)?)))
+    }
+}
+
+/// Softmax over the last dimension (max-subtracted). Backward: dx = y·(g − Σ g·y).
+pub struct SoftmaxLast;
+
+impl CustomOp1 for SoftmaxLast {
+    fn name(&self) -> &'static str {
+        "softmax-last"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = *l.dims().last().unwrap_or(&1);
+        let x = f32_input(s, l, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        for (xr, yr) in x.chunks_exact(n.max(1)).zip(y.chunks_exact_mut(n.max(1))) {
+            // as ggml: exponentials summed in f64, then scaled by the reciprocal
+            let m = xr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut sum = 0f64;
+            for (o, &v) in yr.iter_mut().zip(xr) {
+                *o = (v - m).exp();
+                sum += *o as f64;
+            }
+            let inv = (1.0 / sum) as f32;
+            yr.iter_mut().for_each(|o| *o *= inv);
+        }
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let dot = (g * y)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((y * g.broadcast_sub(&dot)?)?))
+    }
+}
+
+/// Rotary embedding of x [b, h, t, d] by precomputed angles (cos/sin [t, rope_dim/2]); dims past
+/// rope_dim pass through. Backward: the inverse rotation of the gradient.
+pub struct Rope {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    pub style: RopeStyle,
+    /// Rotate by −θ (the backward pass).
+    pub inverse: bool,
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let &[b, h, t, d] = l.dims() else { candle_core::bail!("rope: expected [b, h, t, d], got {:?}", l.dims()) };
+        let half = self.cos.len() / t.max(1);
+        if self.cos.len() != t * half || 2 * half > d {
+            candle_core::bail!("rope: tables of {} values do not fit t = {t}, d = {d}", self.cos.len());
+        }
+        let x = f32_input(s, l, self.name())?;
+        let mut y = x.to_vec();
+        let sign = if self.inverse { -1.0 } else { 1.0 };
+        for row in 0..b * h * t {
+            let pos = row % t;
+            let (c, sn) = (&self.cos[pos * half..(pos + 1) * half], &self.sin[pos * half..(pos + 1) * half]);
+            let v = &mut y[row * d..(row + 1) * d];
+            for i in 0..half {
+                let (i0, i1) = match self.style {
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    RopeStyle::Neox => (i, i + half),
+                };
+                let (x0, x1) = (v[i0], v[i1]);
+                let s_ = sign * sn[i];
+                v[i0] = x0 * c[i] - x1 * s_;
+                v[i1] = x0 * s_ + x1 * c[i];
+            }
+        }
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let inv = Rope { cos: self.cos.clone(), sin: self.sin.clone(), style: self.style, inverse: !self.inverse };
+        Ok(Some(g.contiguous()?.apply_op1(inv)?))
+    }
+}
+
 /// Whether a tensor can go through the f32 custom ops.
 pub fn is_f32(x: &Tensor) -> bool {
     x.dtype() == DType::F32
@@ -120,6 +228,45 @@ pub fn is_f32(x: &Tensor) -> bool {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Forward and gradient of a fused op equal those of the composed reference ops.
+    fn check(fused: impl Fn(&Tensor) -> Tensor, composed: impl Fn(&Tensor) -> Tensor, shape: &[usize]) {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.5, shape, &dev).unwrap()).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
+        let (f, c) = (fused(&x), composed(&x));
+        assert!(max_abs(&f, &c) < 1e-5, "forward differs by {}", max_abs(&f, &c));
+        let gf = (f * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (c * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let d = max_abs(gf.get(&x).unwrap(), gc.get(&x).unwrap());
+        assert!(d < 1e-4, "gradient differs by {d}");
+    }
+
+    #[test]
+    fn fused_softmax_swiglu_and_rope_match_composed_ops_and_gradients() {
+        use crate::cpu::ops;
+        check(|x| x.apply_op1(SoftmaxLast).unwrap(), |x| ops::softmax_composed(x).unwrap(), &[3, 5, 7]);
+        // swiglu: gradient to the gate (x) with a fixed up, then to up with a fixed gate
+        let other = Tensor::randn(0f32, 1.0, (4, 6), &Device::Cpu).unwrap();
+        check(|x| x.apply_op2(&other, SwiGlu).unwrap(), |x| (ops::silu(x).unwrap() * &other).unwrap(), &[4, 6]);
+        check(|x| other.apply_op2(x, SwiGlu).unwrap(), |x| (ops::silu(&other).unwrap() * x).unwrap(), &[4, 6]);
+        for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
+            for (d, rd) in [(8, 8), (12, 8)] {
+                let (c, s) = ops::rope_tables(10_000.0, rd, 3, 5, &Device::Cpu).unwrap();
+                let op = || Rope {
+                    cos: ops::to_f32_vec(&c).unwrap(),
+                    sin: ops::to_f32_vec(&s).unwrap(),
+                    style,
+                    inverse: false,
+                };
+                check(|x| x.apply_op1(op()).unwrap(), |x| ops::rope(x, &c, &s, style).unwrap(), &[2, 3, 5, d]);
+            }
+        }
+    }
 
     /// The custom RMSNorm's forward and backward agree with the composed (autograd) version.
     #[test]

@@ -302,15 +302,14 @@ impl Llama {
         let (hd, nh, nkv) = (cfg.head_dim, cfg.n_head, cfg.n_head_kv);
         let dt = self.dtype;
         let mut x = self.embd.lookup(tokens, &self.dev)?.to_dtype(dt)?;
-        let (cos, sin) = ops::rope_tables(cfg.rope_base, cfg.rope_dim, start, t, &self.dev)?;
-        let (cos, sin) = (cos.to_dtype(dt)?, sin.to_dtype(dt)?);
+        let rot = ops::Rotary::new(cfg.rope_base, cfg.rope_dim, start, t);
         let mask = if t > 1 { Some(ops::causal_mask(t, start, None, &self.dev)?.to_dtype(dt)?) } else { None };
         let scale = 1.0 / (hd as f64).sqrt();
         for (il, b) in self.blocks.iter().enumerate() {
             let h = b.attn_norm.forward(&x)?;
             let heads = |y: Tensor, n: usize| y.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous();
-            let q = ops::rope(&heads(b.q.forward(&h)?, nh)?, &cos, &sin, cfg.rope_style)?;
-            let k = ops::rope(&heads(b.k.forward(&h)?, nkv)?, &cos, &sin, cfg.rope_style)?;
+            let q = rot.apply(&heads(b.q.forward(&h)?, nh)?, cfg.rope_style)?;
+            let k = rot.apply(&heads(b.k.forward(&h)?, nkv)?, cfg.rope_style)?;
             let v = heads(b.v.forward(&h)?, nkv)?;
             let (k, v) = match cache.as_deref_mut() {
                 Some(c) => c.append(il, &k, &v)?,

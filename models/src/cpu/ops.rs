@@ -1,6 +1,9 @@
-//! Decoder ops written with candle's basic tensor ops only. Every op here is recorded for backprop
-//! (candle's fused `rms_norm`, `softmax_last_dim`, `rope*` and `sdpa` are not), so the same model
-//! code serves inference and LoRA training.
+//! Decoder ops, every one recorded for backprop (candle's fused `rms_norm`, `softmax_last_dim`,
+//! `rope*` and `sdpa` are not), so the same model code serves inference and LoRA training.
+//!
+//! f32 tensors go through vigil's fused custom ops ([`super::fused`], each with a backward pass);
+//! other dtypes through the `*_composed` versions built from candle's basic ops, which are also
+//! the reference the fused ops are tested against.
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
@@ -14,35 +17,76 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     x.broadcast_mul(&inv)?.broadcast_mul(w)
 }
 
-/// Softmax over the last dimension, max-subtracted for stability.
+/// Softmax over the last dimension.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() == DType::F32 {
+        return x.contiguous()?.apply_op1(super::fused::SoftmaxLast);
+    }
+    softmax_composed(x)
+}
+
+/// Softmax over the last dimension, max-subtracted for stability, from basic ops.
+pub fn softmax_composed(x: &Tensor) -> Result<Tensor> {
     let m = x.max_keepdim(D::Minus1)?;
     let e = x.broadcast_sub(&m)?.exp()?;
     let s = e.sum_keepdim(D::Minus1)?;
     e.broadcast_div(&s)
 }
 
-/// Cos/sin tables for positions `[start, start + len)`, each [len, rope_dim / 2].
+/// Rotation angles for positions `[start, start + len)`: cos and sin, [len, rope_dim / 2].
 ///
 /// Angles follow ggml's recurrence (θ₀ = p, θᵢ₊₁ = θᵢ · base^(−2/d) in f32) so positions rotate
 /// exactly as llama.cpp rotates them.
-pub fn rope_tables(base: f32, rope_dim: usize, start: usize, len: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
-    let half = rope_dim / 2;
-    let scale = base.powf(-2.0 / rope_dim as f32);
-    let mut cos = Vec::with_capacity(len * half);
-    let mut sin = Vec::with_capacity(len * half);
-    for p in start..start + len {
-        let mut theta = p as f32;
-        for _ in 0..half {
-            cos.push(theta.cos());
-            sin.push(theta.sin());
-            theta *= scale;
-        }
-    }
-    Ok((Tensor::from_vec(cos, (len, half), dev)?, Tensor::from_vec(sin, (len, half), dev)?))
+pub struct Rotary {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    pub len: usize,
+    pub half: usize,
 }
 
-/// Rotary embedding of x [b, h, t, d] with tables [t, rope_dim/2]; dims past rope_dim pass through.
+impl Rotary {
+    pub fn new(base: f32, rope_dim: usize, start: usize, len: usize) -> Self {
+        let half = rope_dim / 2;
+        let scale = base.powf(-2.0 / rope_dim as f32);
+        let mut cos = Vec::with_capacity(len * half);
+        let mut sin = Vec::with_capacity(len * half);
+        for p in start..start + len {
+            let mut theta = p as f32;
+            for _ in 0..half {
+                cos.push(theta.cos());
+                sin.push(theta.sin());
+                theta *= scale;
+            }
+        }
+        Rotary { cos, sin, len, half }
+    }
+
+    /// The tables as tensors [len, half].
+    pub fn tensors(&self, dev: &Device) -> Result<(Tensor, Tensor)> {
+        Ok((
+            Tensor::from_slice(&self.cos, (self.len, self.half), dev)?,
+            Tensor::from_slice(&self.sin, (self.len, self.half), dev)?,
+        ))
+    }
+
+    /// Rotates x [b, h, t, d]; dims past rope_dim pass through.
+    pub fn apply(&self, x: &Tensor, style: RopeStyle) -> Result<Tensor> {
+        if x.dtype() == DType::F32 {
+            let op = super::fused::Rope { cos: self.cos.clone(), sin: self.sin.clone(), style, inverse: false };
+            return x.contiguous()?.apply_op1(op);
+        }
+        let (c, s) = self.tensors(x.device())?;
+        rope(x, &c.to_dtype(x.dtype())?, &s.to_dtype(x.dtype())?, style)
+    }
+}
+
+/// Cos/sin tensors for positions `[start, start + len)`, each [len, rope_dim / 2].
+pub fn rope_tables(base: f32, rope_dim: usize, start: usize, len: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
+    Rotary::new(base, rope_dim, start, len).tensors(dev)
+}
+
+/// Rotary embedding of x [b, h, t, d] with tables [t, rope_dim/2], from basic ops; dims past
+/// rope_dim pass through.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tensor> {
     let (b, h, t, d) = x.dims4()?;
     let half = cos.dim(1)?;
@@ -115,6 +159,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scal
 
 /// SwiGLU / GeGLU gate: act(gate) · up.
 pub fn gated(gate: &Tensor, up: &Tensor, act: crate::arch::Activation) -> Result<Tensor> {
+    if act == crate::arch::Activation::Silu && gate.dtype() == DType::F32 {
+        return gate.contiguous()?.apply_op2(&up.contiguous()?, super::fused::SwiGlu);
+    }
     let g = match act {
         crate::arch::Activation::Silu => silu(gate)?,
         crate::arch::Activation::GeluTanh => gate.gelu()?,
