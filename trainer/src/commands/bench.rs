@@ -2,7 +2,8 @@
 //! optionally next to llama.cpp's `llama-bench` run on the same file in the same process.
 //!
 //! Prefill: a `--prompt-tokens` prompt on an empty cache. Decode: `--gen-tokens` greedy steps
-//! after a one-token prompt (what llama-bench's `tg` measures).
+//! after a one-token prompt (what llama-bench's `tg` measures). With `--llama-bench`, the two
+//! runtimes alternate repeat by repeat.
 
 use std::path::Path;
 use std::process::Command;
@@ -28,7 +29,7 @@ fn llama_bench(bin: &Path, model: &Path, threads: usize, args: &BenchArgs) -> Re
         .arg("-m")
         .arg(model)
         .args(["-t", &threads.to_string(), "-p", &args.prompt_tokens.to_string(), "-n", &args.gen_tokens.to_string()])
-        .args(["-r", &args.repeats.max(1).to_string(), "-o", "json"])
+        .args(["-r", "1", "-o", "json"])
         .output()
         .with_context(|| format!("running {}", bin.display()))?;
     if !out.status.success() {
@@ -68,20 +69,25 @@ pub fn run(args: BenchArgs, g: &Global) -> Result<()> {
     let pb = crate::progress::items("bench", (args.repeats + 1) as u64);
     guard.run_tokens(&prompt[..16.min(prompt.len())], 4)?; // warm-up: page in the weights
     pb.inc(1);
+    // With a llama.cpp build, the two runtimes alternate (one repeat each) so drift on a shared
+    // machine lands on both alike; medians are compared.
     let (mut pf, mut dc) = (Vec::new(), Vec::new());
+    let (mut lpf, mut ldc) = (Vec::new(), Vec::new());
     for _ in 0..args.repeats.max(1) {
         let (p, _) = guard.run_tokens(&prompt, 0)?;
         let (_, d) = guard.run_tokens(&prompt[..1], args.gen_tokens)?;
         pf.push(args.prompt_tokens as f64 / p.as_secs_f64());
         dc.push(args.gen_tokens as f64 / d.as_secs_f64());
+        if let Some(bin) = &args.llama_bench {
+            let (lp, ld) = llama_bench(bin, &path, threads, &args)?;
+            lpf.push(lp);
+            ldc.push(ld);
+        }
         pb.inc(1);
     }
     pb.finish_and_clear();
     let (prefill, decode) = (median(pf), median(dc));
-    let llama = match &args.llama_bench {
-        Some(bin) => Some(llama_bench(bin, &path, threads, &args)?),
-        None => None,
-    };
+    let llama = if lpf.is_empty() { None } else { Some((median(lpf), median(ldc))) };
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     if args.json {
         let mut o = json!({
