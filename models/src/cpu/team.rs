@@ -26,6 +26,8 @@ struct Shared {
     next_task: AtomicUsize,
     /// Helpers still working on the current job.
     pending: AtomicUsize,
+    /// A helper's task panicked during the current job.
+    panicked: std::sync::atomic::AtomicBool,
     park: Mutex<()>,
     wake: Condvar,
 }
@@ -46,6 +48,7 @@ impl Team {
             n_tasks: AtomicUsize::new(0),
             next_task: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
+            panicked: std::sync::atomic::AtomicBool::new(false),
             park: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -90,11 +93,19 @@ impl Team {
             let _g = s.park.lock().unwrap_or_else(|p| p.into_inner());
             s.wake.notify_all();
         }
-        work(s, f);
+        // Whatever happens in our share of the work, wait for the helpers before returning or
+        // unwinding: they borrow `f`, which lives in our caller's frame.
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(s, f)));
         while s.pending.load(Ordering::Acquire) != 0 {
             std::thread::yield_now();
         }
         s.job.store(std::ptr::null_mut(), Ordering::Release);
+        if let Err(p) = mine {
+            std::panic::resume_unwind(p);
+        }
+        if s.panicked.swap(false, Ordering::AcqRel) {
+            panic!("a task of the vigil thread team panicked");
+        }
     }
 }
 
@@ -139,7 +150,11 @@ fn helper(s: Arc<Shared>) {
             // SAFETY: see `Team::run`: the job outlives this use because the caller waits for
             // `pending` to reach 0.
             let f: &Job = unsafe { &**job };
-            work(&s, f);
+            // A panicking task must not kill the helper (the caller would wait forever): record
+            // it, and the caller re-raises it.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&s, f))).is_err() {
+                s.panicked.store(true, Ordering::Release);
+            }
         }
         s.pending.fetch_sub(1, Ordering::AcqRel);
     }
@@ -178,5 +193,27 @@ mod tests {
             total.fetch_add(t, Ordering::Relaxed);
         });
         assert_eq!(total.load(Ordering::Relaxed), 4950);
+    }
+
+    /// A panicking task reaches the caller as a panic, on either thread, and the team keeps working.
+    #[test]
+    fn a_panicking_task_is_reported_and_the_team_survives() {
+        let team = Team::new(2);
+        for bad in [0usize, 63] {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                team.run(64, &|t| {
+                    if t == bad {
+                        panic!("task {t} fails");
+                    }
+                    std::thread::sleep(Duration::from_micros(50));
+                })
+            }));
+            assert!(r.is_err(), "task {bad}'s panic was swallowed");
+        }
+        let count = AtomicUsize::new(0);
+        team.run(32, &|_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 32);
     }
 }
