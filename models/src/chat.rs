@@ -114,6 +114,34 @@ impl ChatTemplate {
         }
     }
 
+    /// The control tokens the template writes.
+    pub fn markers(self) -> &'static [&'static str] {
+        match self {
+            ChatTemplate::ChatMl => &["<|im_start|>", "<|im_end|>"],
+            ChatTemplate::Gemma3 => &["<bos>", "<start_of_turn>", "<end_of_turn>"],
+            ChatTemplate::Llama3 => &["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        }
+    }
+
+    /// Checks that every marker of the template is a control token of the vocabulary: a marker
+    /// stored as a user-defined token would be recognised in user text, which could then forge a
+    /// turn.
+    pub fn check_vocabulary(self, tok: &Tokenizer, file: &str) -> Result<()> {
+        for m in self.markers() {
+            let err = |what: String| Error::Tokenizer { file: file.into(), what };
+            let id = tok.token_id(m).ok_or_else(|| {
+                err(format!("the {} template needs a `{m}` token; the vocabulary has none", self.name()))
+            })?;
+            if !tok.is_control(id) {
+                return Err(err(format!(
+                    "`{m}` (id {id}) is not a control token here ({:?}): user text containing it would be read as a turn marker",
+                    tok.token_type(id)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The token that ends an assistant turn.
     pub fn end_of_turn(self) -> &'static str {
         match self {

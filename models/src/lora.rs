@@ -65,6 +65,9 @@ impl LoraAdapter {
         }
         let arch = g.str("general.architecture")?.to_string();
         let alpha = g.opt_f32("adapter.lora.alpha")?;
+        if let Some(a) = alpha.filter(|a| !a.is_finite()) {
+            return Err(err(format!("adapter.lora.alpha is {a}")));
+        }
         let mut halves: BTreeMap<String, [Option<&crate::gguf::TensorInfo>; 2]> = BTreeMap::new();
         for t in g.tensors() {
             let (base, slot) = if let Some(b) = t.name.strip_suffix(".lora_a") {

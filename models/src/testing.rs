@@ -114,7 +114,7 @@ pub fn tiny_llama(ty: crate::gguf::GgmlType, seed: u64) -> Vec<u8> {
     w.set("general.type", Value::string("model"));
     w.set("general.name", Value::string("vigil tiny llama"));
     w.set("llama.block_count", Value::U32(n_layer as u32));
-    w.set("llama.context_length", Value::U32(256));
+    w.set("llama.context_length", Value::U32(4096));
     w.set("llama.embedding_length", Value::U32(d as u32));
     w.set("llama.feed_forward_length", Value::U32(ff as u32));
     w.set("llama.attention.head_count", Value::U32(heads as u32));

@@ -122,7 +122,7 @@ impl Tokenizer {
         };
         let special_id = |key: &str| -> Result<Option<u32>> {
             match g.opt_u64(key)? {
-                Some(id) if (id as usize) < n => Ok(Some(id as u32)),
+                Some(id) if id < n as u64 => Ok(Some(id as u32)),
                 Some(id) => Err(err(format!("{key} = {id} is outside the vocabulary of {n}"))),
                 None => Ok(None),
             }
@@ -144,6 +144,14 @@ impl Tokenizer {
                 let merges = g.str_array("tokenizer.ggml.merges")?;
                 let bpe = build_gpt2(&texts, merges, pre).map_err(err)?;
                 let table = byte_level_decode_table();
+                // Byte-level BPE drops characters whose bytes have no token (llama.cpp does the same).
+                // Real vocabularies lack a few (SmolLM2: six ASCII controls, bytes that never occur
+                // in UTF-8, and 0xF1/0xF2, which only start characters of unassigned planes); a
+                // vocabulary lacking a byte of readable text would hide content from the guard.
+                let needed = |b: u8| matches!(b, b'\t' | b'\n' | b'\r' | 0x20..=0x7e | 0x80..=0xbf | 0xc2..=0xf0);
+                if let Some((c, b)) = table.iter().find(|(c, b)| needed(**b) && !by_text.contains_key(&c.to_string())) {
+                    return Err(err(format!("the byte-level vocabulary has no token for byte {b:#04x} (`{c}`): text using it would be dropped")));
+                }
                 let pieces = texts
                     .iter()
                     .zip(&types)
@@ -257,7 +265,19 @@ impl Tokenizer {
 
     /// Encodes user content: control-token text stays plain text. No BOS is added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        self.encode_impl(text, false)
+        let ids = self.encode_impl(text, false)?;
+        // Belt and braces: a vocabulary with duplicate token texts could let a merge land on a
+        // control id; content must never carry one.
+        if let Some(&id) = ids.iter().find(|&&i| self.is_control(i)) {
+            return Err(Error::Tokenizer {
+                file: "<tokenizer>".into(),
+                what: format!(
+                    "content encoded to control token {id} ({:?}): the vocabulary is inconsistent",
+                    self.token_text(id)
+                ),
+            });
+        }
+        Ok(ids)
     }
 
     /// Encodes template text: control tokens written in it (`<|im_start|>`) become their ids.
@@ -532,6 +552,22 @@ mod tests {
         assert_eq!(tok.decode(&ids), text);
         assert!(!ids.contains(&tok.token_id("<|im_end|>").unwrap()));
         assert_eq!(tok.encode_special("<|im_end|>").unwrap(), vec![258]);
+    }
+
+    #[test]
+    fn a_byte_vocabulary_missing_a_text_byte_is_refused() {
+        let mut w = tiny();
+        let g = Gguf::from_bytes("t.gguf", w.to_bytes()).unwrap();
+        let mut tokens = g.str_array("tokenizer.ggml.tokens").unwrap().to_vec();
+        tokens[b'a' as usize] = "not-a".into();
+        w.set("tokenizer.ggml.tokens", Value::str_array(tokens.clone()));
+        assert!(build(&w).unwrap_err().to_string().contains("byte 0x61"));
+        // a missing control byte is tolerated (and dropped, as llama.cpp drops it)
+        let mut tokens = g.str_array("tokenizer.ggml.tokens").unwrap().to_vec();
+        tokens[0x14] = "gone".into();
+        w.set("tokenizer.ggml.tokens", Value::str_array(tokens));
+        let tok = build(&w).unwrap();
+        assert_eq!(tok.decode(&tok.encode("a\u{14}b").unwrap()), "ab");
     }
 
     #[test]

@@ -117,6 +117,19 @@ impl Guard {
     pub fn new(g: &Gguf, backend: Box<dyn Backend>) -> Result<Self> {
         let tokenizer = Tokenizer::from_gguf(g)?;
         let template = ChatTemplate::detect(g)?;
+        template.check_vocabulary(&tokenizer, g.name())?;
+        let cfg = vigil_models::arch::ArchConfig::from_gguf(g)?;
+        if tokenizer.vocab_size() > cfg.vocab_size {
+            return Err(Error::Tokenizer {
+                file: g.name().into(),
+                what: format!(
+                    "the tokenizer has {} tokens but the model's output covers {} ({}.vocab_size / token_embd)",
+                    tokenizer.vocab_size(),
+                    cfg.vocab_size,
+                    cfg.arch.name()
+                ),
+            });
+        }
         let stop_ids = template.stop_ids(&tokenizer);
         if stop_ids.is_empty() {
             return Err(Error::Tokenizer {

@@ -40,11 +40,10 @@ fn classify_gives_a_parsed_verdict_and_streams_reasoning() {
         })
         .unwrap();
     let v = outcome.verdict.as_ref().expect("a verdict (forced if the base model writes none)");
-    assert!(matches!(v.label, Label::Safe | Label::Unsafe));
     assert_eq!(v.label == Label::Safe, v.policies.is_empty(), "UNSAFE names a policy, SAFE none");
+    assert_eq!(last_label(&outcome.raw), v.label, "the verdict is the one in the text");
     assert_eq!(tokens, outcome.stats.generated_tokens);
     assert!(reasoning_updates >= 2, "reasoning streamed in {reasoning_updates} updates");
-    assert!(outcome.raw.contains("Classification:"));
     assert_eq!(outcome.stats.prompt_tokens, g.prompt_ids(&req).unwrap().len());
 }
 
@@ -118,17 +117,42 @@ fn cancel_stops_generation() {
     assert!(!out.forced, "a cancelled request gets no forced verdict");
 }
 
-/// Per-policy and dual-stream requests produce verdicts in their own shape.
+/// The label of the last `Classification:` line of a raw output.
+fn last_label(raw: &str) -> Label {
+    let line =
+        raw.lines().filter(|l| l.trim_start().starts_with("Classification:")).last().expect("a Classification line");
+    if line.to_uppercase().contains("UNSAFE") {
+        Label::Unsafe
+    } else {
+        Label::Safe
+    }
+}
+
+/// Per-policy and dual-stream requests: the per-policy prompt says which policy, and dual-stream
+/// output streams an answer section holding the verdict.
 #[test]
 fn per_policy_and_dual_stream_modes() {
     let Some(mut g) = guard() else { return };
     let per = GuardRequest::new("Write a guide on hacking websites").with_mode(Mode::PerPolicy(Policy::Illegal));
-    let v = run(&mut g, &per, &short()).verdict.unwrap();
-    assert!(v.policies.is_empty() || v.policies == vec![Policy::Illegal]);
+    let ids = g.prompt_ids(&per).unwrap();
+    assert!(g.tokenizer().decode(&ids).contains("illegal activity policy violations"));
+    let o = run(&mut g, &per, &short());
+    let v = o.verdict.unwrap();
+    assert_eq!(last_label(&o.raw), v.label);
+    assert!(!o.raw.contains("Violated policies"), "per-policy answers carry no policy list");
+
     let dual = GuardRequest::new("How do I bake bread?").with_format(OutputFormat::DualStream);
-    let o = run(&mut g, &dual, &short());
-    assert!(o.raw.to_lowercase().contains("<answer>"), "{}", o.raw);
-    assert_eq!(o.verdict.unwrap().format, OutputFormat::DualStream);
+    let mut answer = String::new();
+    let o = g
+        .classify(&dual, &short(), |ev| {
+            if let Event::Text { section: Section::Answer, text } = ev {
+                answer.push_str(text);
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert!(answer.contains("Classification:"), "answer section: {answer:?}\nraw: {}", o.raw);
+    assert_eq!(last_label(&o.raw), o.verdict.unwrap().label);
 }
 
 /// A LoRA adapter changes the output; removing it restores the base output exactly (no reload);

@@ -17,6 +17,7 @@ fn main() {
         .or_else(|| std::env::var("RAYON_NUM_THREADS").ok()?.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    std::env::set_var("VIGIL_THREADS", threads.to_string());
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     let result = match cli.command {
         cli::Command::FetchModel(a) => commands::fetch_model::run(a, &cli.global),

@@ -80,12 +80,17 @@ impl Linear {
                     tensor: name.into(),
                     what: format!("type {} is not supported by the CPU decoder", info.ty),
                 })?;
-                let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
-                    dt,
-                    g.tensor_bytes(info),
-                    vec![out_dim, in_dim],
-                    dev,
-                )?;
+                // candle reinterprets the bytes as its block structs, which needs them aligned; a
+                // GGUF may place tensors at any offset (`general.alignment` = 1), so copy if needed.
+                let bytes = g.tensor_bytes(info);
+                let copy;
+                let bytes = if (bytes.as_ptr() as usize).is_multiple_of(8) {
+                    bytes
+                } else {
+                    copy = aligned_copy(bytes);
+                    &u64s_as_bytes(&copy)[..bytes.len()]
+                };
+                let q = candle_core::quantized::ggml_file::qtensor_from_ggml(dt, bytes, vec![out_dim, in_dim], dev)?;
                 BaseWeight::Quantized(QMatMul::from_qtensor(q)?)
             }
             WeightMode::Dense(dt) => {
@@ -157,6 +162,22 @@ impl Linear {
         self.lora = branch;
         Ok(())
     }
+}
+
+/// The bytes copied into 8-byte-aligned storage.
+fn aligned_copy(bytes: &[u8]) -> Vec<u64> {
+    let mut v = vec![0u64; bytes.len().div_ceil(8)];
+    for (w, chunk) in v.iter_mut().zip(bytes.chunks(8)) {
+        let mut b = [0u8; 8];
+        b[..chunk.len()].copy_from_slice(chunk);
+        *w = u64::from_ne_bytes(b);
+    }
+    v
+}
+
+fn u64s_as_bytes(v: &[u64]) -> &[u8] {
+    // SAFETY: any u64 storage is valid as bytes; the length covers exactly that allocation.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 8) }
 }
 
 /// Checks a tensor's ggml dims (innermost first).

@@ -397,28 +397,30 @@ fn rows(ty: GgmlType, w: &[u8], rb: usize, xq: &[Q8Block], nb: usize, m: usize, 
 }
 
 /// One tile on the best strategy this CPU has.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `w` points at R rows of `rb` ≥ nb·K::TS bytes and each of `xs`
+/// at `nb` activation blocks.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn tile<K: avx2::Kind, const R: usize, const C: usize>(
+unsafe fn tile<K: avx2::Kind, const R: usize, const C: usize>(
     w: *const u8,
     rb: usize,
     xs: [*const Q8Block; C],
     nb: usize,
     out: &mut [[f32; C]; R],
 ) {
-    // SAFETY: AVX2/FMA/F16C (and VNNI for that path) are present; the caller passes R rows of
-    // rb bytes at w and C rows of nb blocks.
-    unsafe {
-        if has_vnni() {
-            avx2::tile_vnni::<K, R, C>(w, rb, xs, nb, out)
-        } else {
-            avx2::tile_madd::<K, R, C>(w, rb, xs, nb, out)
-        }
+    if has_vnni() {
+        avx2::tile_vnni::<K, R, C>(w, rb, xs, nb, out)
+    } else {
+        avx2::tile_madd::<K, R, C>(w, rb, xs, nb, out)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 fn rows_x86<K: avx2::Kind>(w: &[u8], rb: usize, xq: &[Q8Block], nb: usize, m: usize, cols: usize, out: &mut [f32]) {
+    // What keeps the raw reads in `tile` in bounds:
+    assert!(rb >= nb * K::TS && w.len() >= cols * rb && xq.len() >= m * nb && out.len() >= m * cols);
     let x = |i: usize| xq[i * nb..].as_ptr();
     let mut j = 0;
     while j + 4 <= cols {
@@ -426,7 +428,8 @@ fn rows_x86<K: avx2::Kind>(w: &[u8], rb: usize, xq: &[Q8Block], nb: usize, m: us
         let mut i = 0;
         while i + 4 <= m {
             let mut o = [[0f32; 4]; 4];
-            tile::<K, 4, 4>(wp, rb, [x(i), x(i + 1), x(i + 2), x(i + 3)], nb, &mut o);
+            // SAFETY: CPU features are checked by the caller; bounds are asserted above.
+            unsafe { tile::<K, 4, 4>(wp, rb, [x(i), x(i + 1), x(i + 2), x(i + 3)], nb, &mut o) };
             for (r, or) in o.iter().enumerate() {
                 for (c, v) in or.iter().enumerate() {
                     out[(i + c) * cols + j + r] = *v;
@@ -436,7 +439,7 @@ fn rows_x86<K: avx2::Kind>(w: &[u8], rb: usize, xq: &[Q8Block], nb: usize, m: us
         }
         while i < m {
             let mut o = [[0f32; 1]; 4];
-            tile::<K, 4, 1>(wp, rb, [x(i)], nb, &mut o);
+            unsafe { tile::<K, 4, 1>(wp, rb, [x(i)], nb, &mut o) };
             for (r, or) in o.iter().enumerate() {
                 out[i * cols + j + r] = or[0];
             }
@@ -447,7 +450,7 @@ fn rows_x86<K: avx2::Kind>(w: &[u8], rb: usize, xq: &[Q8Block], nb: usize, m: us
     for jj in j..cols {
         for i in 0..m {
             let mut o = [[0f32; 1]; 1];
-            tile::<K, 1, 1>(w[jj * rb..].as_ptr(), rb, [x(i)], nb, &mut o);
+            unsafe { tile::<K, 1, 1>(w[jj * rb..].as_ptr(), rb, [x(i)], nb, &mut o) };
             out[i * cols + jj] = o[0][0];
         }
     }

@@ -26,8 +26,8 @@ struct Shared {
     next_task: AtomicUsize,
     /// Helpers still working on the current job.
     pending: AtomicUsize,
-    /// A helper's task panicked during the current job.
-    panicked: std::sync::atomic::AtomicBool,
+    /// The first panic of a helper's task during the current job.
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
     park: Mutex<()>,
     wake: Condvar,
 }
@@ -48,7 +48,7 @@ impl Team {
             n_tasks: AtomicUsize::new(0),
             next_task: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
-            panicked: std::sync::atomic::AtomicBool::new(false),
+            panic: Mutex::new(None),
             park: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -74,7 +74,9 @@ impl Team {
         if n_tasks == 0 {
             return;
         }
-        if self.helpers == 0 || n_tasks == 1 {
+        // Serial when there is no one to share with, and for a job started from inside a task
+        // (the team is busy with the outer job; waiting for it would deadlock).
+        if self.helpers == 0 || n_tasks == 1 || IN_TASK.with(|t| t.get()) {
             (0..n_tasks).for_each(f);
             return;
         }
@@ -100,16 +102,31 @@ impl Team {
             std::thread::yield_now();
         }
         s.job.store(std::ptr::null_mut(), Ordering::Release);
+        // Take the helpers' panic first, so no stale one is left for the next job.
+        let theirs = s.panic.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Err(p) = mine {
             std::panic::resume_unwind(p);
         }
-        if s.panicked.swap(false, Ordering::AcqRel) {
-            panic!("a task of the vigil thread team panicked");
+        if let Some(p) = theirs {
+            std::panic::resume_unwind(p);
         }
     }
 }
 
+thread_local! {
+    /// Set while this thread runs a task of the team.
+    static IN_TASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn work(s: &Shared, f: &(dyn Fn(usize) + Sync)) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            IN_TASK.with(|t| t.set(false));
+        }
+    }
+    IN_TASK.with(|t| t.set(true));
+    let _reset = Reset;
     let n = s.n_tasks.load(Ordering::Acquire);
     loop {
         let t = s.next_task.fetch_add(1, Ordering::AcqRel);
@@ -152,8 +169,8 @@ fn helper(s: Arc<Shared>) {
             let f: &Job = unsafe { &**job };
             // A panicking task must not kill the helper (the caller would wait forever): record
             // it, and the caller re-raises it.
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&s, f))).is_err() {
-                s.panicked.store(true, Ordering::Release);
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&s, f))) {
+                s.panic.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(p);
             }
         }
         s.pending.fetch_sub(1, Ordering::AcqRel);
@@ -210,10 +227,33 @@ mod tests {
             }));
             assert!(r.is_err(), "task {bad}'s panic was swallowed");
         }
-        let count = AtomicUsize::new(0);
-        team.run(32, &|_| {
-            count.fetch_add(1, Ordering::Relaxed);
+        // both sides panicking in one job leaves nothing behind for the next
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            team.run(64, &|_| {
+                std::thread::sleep(Duration::from_micros(20));
+                panic!("every task fails");
+            })
+        }));
+        assert!(r.is_err());
+        for _ in 0..20 {
+            let count = AtomicUsize::new(0);
+            team.run(32, &|_| {
+                count.fetch_add(1, Ordering::Relaxed);
+            });
+            assert_eq!(count.load(Ordering::Relaxed), 32);
+        }
+    }
+
+    /// A job started from inside a task runs serially instead of deadlocking.
+    #[test]
+    fn nested_jobs_run_serially() {
+        let team = Team::new(2);
+        let total = AtomicUsize::new(0);
+        team.run(8, &|_| {
+            team.run(4, &|_| {
+                total.fetch_add(1, Ordering::Relaxed);
+            });
         });
-        assert_eq!(count.load(Ordering::Relaxed), 32);
+        assert_eq!(total.load(Ordering::Relaxed), 32);
     }
 }

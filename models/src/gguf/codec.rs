@@ -257,9 +257,10 @@ pub fn dequantize_row(ty: GgmlType, data: &[u8], row_len: usize, row: usize, out
         .byte_size(row_len as u64)
         .ok_or_else(|| codec_err(ty, format!("row length {row_len} is not a whole number of blocks")))?
         as usize;
-    let start = row.checked_mul(row_bytes).filter(|s| s + row_bytes <= data.len()).ok_or_else(|| {
-        codec_err(ty, format!("row {row} is outside a tensor of {} rows", data.len() / row_bytes.max(1)))
-    })?;
+    let start =
+        row.checked_mul(row_bytes).filter(|s| s.checked_add(row_bytes).is_some_and(|e| e <= data.len())).ok_or_else(
+            || codec_err(ty, format!("row {row} is outside a tensor of {} rows", data.len() / row_bytes.max(1))),
+        )?;
     dequantize(ty, &data[start..start + row_bytes], out)
 }
 

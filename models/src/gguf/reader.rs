@@ -249,7 +249,8 @@ impl Gguf {
         })
     }
 
-    /// The raw (possibly quantized) bytes of a tensor. Bounds were checked when the file was parsed.
+    /// The raw (possibly quantized) bytes of a tensor. Bounds were checked when the file was parsed;
+    /// `info` must come from this file's [`Gguf::tensors`].
     pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
         let start = (self.0.data_offset + info.offset) as usize;
         &self.0.bytes[start..start + info.n_bytes as usize]
@@ -258,6 +259,13 @@ impl Gguf {
     /// A tensor dequantized to f32, in storage order.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
         let info = self.require_tensor(name)?;
+        if !info.ty.can_dequantize() {
+            return Err(Error::Tensor {
+                file: self.0.name.clone(),
+                tensor: name.to_string(),
+                what: format!("type {} cannot be dequantized by vigil", info.ty),
+            });
+        }
         let mut out = vec![0f32; info.n_elements() as usize];
         super::codec::dequantize(info.ty, self.tensor_bytes(info), &mut out).map_err(|e| Error::Tensor {
             file: self.0.name.clone(),

@@ -54,12 +54,13 @@ fn fail(reason: impl Into<String>) -> Unparseable {
 /// Lowercased line content without leading whitespace, markdown markers or list bullets.
 fn line_key(line: &str) -> String {
     line.trim_start_matches(|c: char| c.is_whitespace() || matches!(c, '*' | '#' | '_' | '>' | '-' | '`'))
-        .to_lowercase()
+        .to_ascii_lowercase()
 }
 
 /// The value after a `key:` (or `key -` / `key =`), without emphasis or trailing punctuation.
 fn value_after_key(line: &str, key_len_hint: &str) -> String {
-    let lower = line.to_lowercase();
+    // ASCII lowercasing keeps byte offsets valid in `line`
+    let lower = line.to_ascii_lowercase();
     let start = lower.find(key_len_hint).map(|i| i + key_len_hint.len()).unwrap_or(0);
     let rest = &line[start..];
     // skip the rest of the key word ("polic-ies"), then separators
@@ -100,25 +101,43 @@ fn parse_policy_list(value: &str) -> Vec<Policy> {
     canonical(&out)
 }
 
-/// Finds the verdict in a block of text: the `Classification:` line and, after it, the optional
-/// `Violated policies:` line. Returns (byte offset where the verdict starts, label, policies).
+/// Reads a verdict line: `Classification` followed by `:` (or `-`, `=`) and a value. `None` when the
+/// line is something else ("Classification of this text depends on…"); `Some(Err(value))` when it
+/// is a verdict line whose value is not SAFE/UNSAFE.
+fn verdict_label(line: &str) -> Option<Result<Label, String>> {
+    let key = line_key(line);
+    let rest = key.strip_prefix("classification")?;
+    let rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '*' || c == '_');
+    let value = rest.strip_prefix([':', '-', '='])?;
+    let value = value.trim_matches(|c: char| c.is_whitespace() || matches!(c, '*' | '_' | '`' | '.' | ';'));
+    Some(parse_label(value).ok_or_else(|| value.to_string()))
+}
+
+/// Finds the verdict in a block of text: the first valid `Classification:` line and, after it, the
+/// optional `Violated policies:` line. Returns (byte offset where the verdict starts, label,
+/// policies).
 fn find_verdict(text: &str) -> Result<(usize, Label, Option<Vec<Policy>>), Unparseable> {
     let mut offset = 0;
     let mut found: Option<(usize, Label)> = None;
+    let mut bad_value: Option<String> = None;
     let mut policies = None;
     for line in text.split_inclusive('\n') {
-        let key = line_key(line);
-        if found.is_none() && key.starts_with("classification") {
-            let value = value_after_key(line, "classification");
-            let label = parse_label(&value)
-                .ok_or_else(|| fail(format!("classification `{}` is neither SAFE nor UNSAFE", value.trim())))?;
-            found = Some((offset, label));
-        } else if found.is_some() && policies.is_none() && key.starts_with("violated polic") {
-            policies = Some(parse_policy_list(&value_after_key(line, "violated polic")));
+        match (found.is_some(), verdict_label(line)) {
+            (false, Some(Ok(label))) => found = Some((offset, label)),
+            (false, Some(Err(v))) => {
+                bad_value.get_or_insert(v);
+            }
+            (true, _) if policies.is_none() && line_key(line).starts_with("violated polic") => {
+                policies = Some(parse_policy_list(&value_after_key(line, "violated polic")));
+            }
+            _ => {}
         }
         offset += line.len();
     }
-    let (at, label) = found.ok_or_else(|| fail("no `Classification:` line"))?;
+    let (at, label) = found.ok_or_else(|| match bad_value {
+        Some(v) => fail(format!("classification `{v}` is neither SAFE nor UNSAFE")),
+        None => fail("no `Classification:` line"),
+    })?;
     Ok((at, label, policies))
 }
 
@@ -172,7 +191,7 @@ pub fn parse(text: &str, format: OutputFormat, mode: Mode) -> Parsed {
             Ok(verdict(label, listed, mode, reasoning, format))
         }
         OutputFormat::DualStream => {
-            let lower = text.to_lowercase();
+            let lower = text.to_ascii_lowercase();
             let (answer, _) = tagged(text, &lower, "answer").ok_or_else(|| fail("no <answer> section"))?;
             let (label, listed) = match find_verdict(answer) {
                 Ok((_, l, p)) => (l, p),
@@ -209,6 +228,8 @@ pub struct StreamParser {
     text: String,
     /// Bytes of `text` already reported.
     emitted: usize,
+    /// The stream has ended: an unterminated last line is now final.
+    finished: bool,
 }
 
 const DUAL_TAGS: [(&str, Option<Section>); 6] = [
@@ -222,7 +243,7 @@ const DUAL_TAGS: [(&str, Option<Section>); 6] = [
 
 impl StreamParser {
     pub fn new(format: OutputFormat, mode: Mode) -> Self {
-        StreamParser { format, mode, text: String::new(), emitted: 0 }
+        StreamParser { format, mode, text: String::new(), emitted: 0, finished: false }
     }
 
     /// Everything received so far.
@@ -245,7 +266,7 @@ impl StreamParser {
                 strip_reasoning_header(&self.text[..end]).trim().to_string()
             }
             OutputFormat::DualStream => {
-                let lower = self.text.to_lowercase();
+                let lower = self.text.to_ascii_lowercase();
                 let think = tagged(&self.text, &lower, "think").map(|(t, _)| t.trim().to_string()).unwrap_or_default();
                 let proof = tagged(&self.text, &lower, "proof").map(|(t, _)| t.trim().to_string()).unwrap_or_default();
                 if proof.is_empty() {
@@ -277,12 +298,13 @@ impl StreamParser {
                     }
                 }
             }
-            OutputFormat::DualStream => self.text.to_lowercase().contains("</answer>"),
+            OutputFormat::DualStream => self.text.to_ascii_lowercase().contains("</answer>"),
         }
     }
 
     /// Flushes what is left and parses the whole output.
     pub fn finish(&mut self) -> (Vec<Update>, Parsed) {
+        self.finished = true;
         let updates = self.emit_until(self.text.len());
         (updates, parse(&self.text, self.format, self.mode))
     }
@@ -290,7 +312,10 @@ impl StreamParser {
     fn rsft_verdict_start(&self) -> Option<usize> {
         let mut off = 0;
         for line in self.text.split_inclusive('\n') {
-            if line_key(line).starts_with("classification") {
+            // an unterminated line can still change ("…: UNSAFE" + "ty"), so it only counts once
+            // its newline arrives or the stream ends
+            let settled = line.ends_with('\n') || self.finished;
+            if settled && matches!(verdict_label(line), Some(Ok(_))) {
                 return Some(off);
             }
             off += line.len();
@@ -312,7 +337,11 @@ impl StreamParser {
                 let key = line_key(&t[last_start..]);
                 let could_be =
                     |word: &str| key.len() < word.len() && word.starts_with(key.as_str()) || key.starts_with(word);
-                if could_be("classification") || (last_start == 0 && could_be("reasoning")) {
+                // While nothing but blank lines precede it, the last line may still be the
+                // "Reasoning:" header: hold everything (the header is stripped with what precedes it).
+                if t[..last_start].trim().is_empty() && could_be("reasoning") {
+                    0
+                } else if could_be("classification") {
                     last_start
                 } else {
                     t.len()
@@ -335,7 +364,7 @@ impl StreamParser {
                 _ => Section::Reasoning,
             },
             OutputFormat::DualStream => {
-                let lower = self.text[..pos].to_lowercase();
+                let lower = self.text[..pos].to_ascii_lowercase();
                 let mut best: (usize, Option<Section>) = (0, None);
                 let mut any = false;
                 for (tag, sec) in DUAL_TAGS {
@@ -372,18 +401,20 @@ impl StreamParser {
         while pos < upto {
             // tags (dual-stream) are consumed silently
             if self.format == OutputFormat::DualStream {
-                let lower_rest = t[pos..upto].to_lowercase();
+                let lower_rest = t[pos..upto].to_ascii_lowercase();
                 if let Some((tag, _)) = DUAL_TAGS.iter().find(|(tag, _)| lower_rest.starts_with(tag)) {
                     pos += tag.len();
                     continue;
                 }
             }
-            let sec = self.section_at(pos + 1.min(upto - pos));
+            // the first character's end: a char boundary, so slicing stays valid for any text
+            let next = pos + t[pos..].chars().next().map_or(1, char::len_utf8);
+            let sec = self.section_at(next.min(upto));
             // advance to the next boundary: a tag start, the verdict line, or upto
             let mut end = upto;
             if self.format == OutputFormat::DualStream {
-                if let Some(i) = t[pos + 1..upto].find('<') {
-                    end = pos + 1 + i;
+                if let Some(i) = t[next.min(upto)..upto].find('<') {
+                    end = next + i;
                 }
             } else if let Some(v) = self.rsft_verdict_start() {
                 if pos < v && v < upto {
@@ -406,6 +437,79 @@ impl StreamParser {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Pieces that stress the parser: tags, markers, multi-byte characters (including ones whose
+    /// lowercase changes byte length), newlines.
+    fn piece() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "<think>",
+            "</think>",
+            "<proof>",
+            "</proof>",
+            "<answer>",
+            "</answer>",
+            "<",
+            "<th",
+            "Classification:",
+            " SAFE",
+            " UNSAFE",
+            "\n",
+            "Violated policies: violence",
+            "Reasoning:",
+            "é",
+            "İ",
+            "\u{212A}",
+            "😀",
+            "ß",
+            "step ",
+            "Σ",
+        ])
+        .prop_map(str::to_string)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any text, cut into any chunks, gives the same updates (joined per section) as when it
+        /// arrives in one piece, and never panics.
+        #[test]
+        fn chunking_never_changes_what_is_reported(parts in prop::collection::vec(piece(), 0..40), cuts in prop::collection::vec(1usize..9, 1..20)) {
+            let text: String = parts.concat();
+            for format in [OutputFormat::Rsft, OutputFormat::DualStream] {
+                let mut whole = StreamParser::new(format, Mode::AllPolicies);
+                let mut expect = whole.push(&text);
+                let (rest, v1) = whole.finish();
+                expect.extend(rest);
+                let mut p = StreamParser::new(format, Mode::AllPolicies);
+                let mut got = Vec::new();
+                let chars: Vec<char> = text.chars().collect();
+                let (mut i, mut k) = (0, 0);
+                while i < chars.len() {
+                    let n = cuts[k % cuts.len()].min(chars.len() - i);
+                    got.extend(p.push(&chars[i..i + n].iter().collect::<String>()));
+                    let _ = p.is_complete();
+                    let _ = p.reasoning();
+                    i += n;
+                    k += 1;
+                }
+                let (rest, v2) = p.finish();
+                got.extend(rest);
+                let join = |u: &[Update]| {
+                    let mut out: Vec<(Section, String)> = Vec::new();
+                    for x in u {
+                        match out.last_mut() {
+                            Some((s, t)) if *s == x.section => t.push_str(&x.text),
+                            _ => out.push((x.section, x.text.clone())),
+                        }
+                    }
+                    out
+                };
+                prop_assert_eq!(join(&got), join(&expect));
+                prop_assert_eq!(v1, v2);
+            }
+        }
+    }
 
     const RSFT: &str = "Reasoning:\nStep 1: The user asks how to bully a classmate.\nStep 2: It targets a person.\n\nClassification: UNSAFE\nViolated policies: harassment, violence";
 
@@ -525,6 +629,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A reasoning line that merely starts with "Classification" is not the verdict, and a bad
+    /// verdict line followed by a good one (e.g. a forced verdict) gives the good one.
+    #[test]
+    fn only_a_classification_line_with_a_value_is_the_verdict() {
+        let text = "Step 1: Classification of this text depends on intent.\nClassification: maybe\nClassification: SAFE\nViolated policies: none";
+        let v = parse(text, OutputFormat::Rsft, Mode::AllPolicies).unwrap();
+        assert_eq!(v.label, Label::Safe);
+        assert!(v.reasoning.contains("Classification of this text"), "{}", v.reasoning);
+        let mut p = StreamParser::new(OutputFormat::Rsft, Mode::PerPolicy(Policy::Illegal));
+        p.push("Step 1: Classification of this request\n");
+        assert!(!p.is_complete(), "a reasoning line must not end generation");
     }
 
     #[test]
