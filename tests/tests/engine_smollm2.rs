@@ -120,7 +120,7 @@ fn cancel_stops_generation() {
 /// The label of the last `Classification:` line of a raw output.
 fn last_label(raw: &str) -> Label {
     let line =
-        raw.lines().filter(|l| l.trim_start().starts_with("Classification:")).last().expect("a Classification line");
+        raw.lines().rev().find(|l| l.trim_start().starts_with("Classification:")).expect("a Classification line");
     if line.to_uppercase().contains("UNSAFE") {
         Label::Unsafe
     } else {
