@@ -33,6 +33,17 @@ pub struct LoraAdapter {
     pub pairs: BTreeMap<String, LoraPair>,
 }
 
+/// `n` samples of N(0, std²) (Box–Muller), for random weights in tests and initialisation.
+pub fn gaussian(rng: &mut impl Rng, n: usize, std: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let u1: f32 = rng.random::<f32>().max(1e-7);
+            let u2: f32 = rng.random::<f32>();
+            std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+        })
+        .collect()
+}
+
 /// The projections LoRA can target, by their GGUF tensor suffix.
 pub const TARGETS: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
 
@@ -135,16 +146,7 @@ impl LoraAdapter {
     /// B are non-zero so the adapter changes the output.
     pub fn random(arch: &str, layers: &[(String, usize, usize)], r: usize, alpha: f32, std: f32, seed: u64) -> Self {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut normal = move |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    // Box–Muller
-                    let u1: f32 = rng.random::<f32>().max(1e-7);
-                    let u2: f32 = rng.random::<f32>();
-                    std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-                })
-                .collect()
-        };
+        let mut normal = move |n: usize| gaussian(&mut rng, n, std);
         let pairs = layers
             .iter()
             .map(|(name, i, o)| {

@@ -84,7 +84,7 @@ impl Drop for TempDir {
 /// tokens, no merges) and the ChatML template. Matrices are stored as `ty` (F32, Q8_0, Q4_1…).
 pub fn tiny_llama(ty: crate::gguf::GgmlType, seed: u64) -> Vec<u8> {
     use crate::gguf::{GgmlType, GgufWriter, Value};
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     let (n_layer, d, ff, heads, kv) = (2usize, 64usize, 128usize, 4usize, 2usize);
     let hd = d / heads;
     // byte-level alphabet (GPT-2's printable mapping of the 256 bytes)
@@ -135,15 +135,7 @@ pub fn tiny_llama(ty: crate::gguf::GgmlType, seed: u64) -> Vec<u8> {
         Value::string("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"),
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut normal = |n: usize, std: f32| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                let u1: f32 = rng.random::<f32>().max(1e-7);
-                let u2: f32 = rng.random::<f32>();
-                std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-            })
-            .collect()
-    };
+    let mut normal = |n: usize, std: f32| crate::lora::gaussian(&mut rng, n, std);
     let mat = |w: &mut GgufWriter, name: &str, n_in: usize, n_out: usize, v: Vec<f32>| {
         w.add_f32(name, &[n_in as u64, n_out as u64], ty, &v).unwrap();
     };
