@@ -288,7 +288,8 @@ mod avx2 {
             }
             let mut sl = [0i32; 8];
             _mm256_storeu_si256(sl.as_mut_ptr() as *mut __m256i, sum);
-            let total: i32 = sl.iter().sum();
+            // wrapping: non-finite activations (a corrupt model) convert to i32::MIN in every lane
+            let total = sl.iter().fold(0i32, |a, &b| a.wrapping_add(b));
             for (o, &qi) in b.qs.iter_mut().zip(&q) {
                 *o = qi as i8;
             }
@@ -519,6 +520,18 @@ mod tests {
             avx2::tile_vnni::<avx2::Q41, 4, 4>(w.as_ptr(), w.len() / 4, xs, nb, &mut b);
         }
         assert_eq!(a.map(|r| r.map(f32::to_bits)), b.map(|r| r.map(f32::to_bits)));
+    }
+
+    /// Regression: infinite activations (from a corrupt model) made the vector quantizer's lane sum
+    /// overflow. They now give garbage values, never a panic.
+    #[test]
+    fn non_finite_activations_do_not_panic() {
+        let w = codec::quantize(GgmlType::Q4_1, &data(4 * 64, 1)).unwrap();
+        let mut x = data(2 * 64, 2);
+        x[3] = f32::INFINITY;
+        x[70] = f32::NAN;
+        let mut y = vec![0f32; 2 * 4];
+        matmul(GgmlType::Q4_1, &w, 4, 64, &x, 2, &mut y);
     }
 
     #[test]
