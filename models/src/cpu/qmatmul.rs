@@ -528,7 +528,9 @@ mod tests {
     fn non_finite_activations_do_not_panic() {
         let w = codec::quantize(GgmlType::Q4_1, &data(4 * 64, 1)).unwrap();
         let mut x = data(2 * 64, 2);
-        x[3] = f32::INFINITY;
+        // two infinities in different lanes of one block: each becomes inf·0 = NaN → i32::MIN
+        x[0] = f32::INFINITY;
+        x[1] = f32::INFINITY;
         x[70] = f32::NAN;
         let mut y = vec![0f32; 2 * 4];
         matmul(GgmlType::Q4_1, &w, 4, 64, &x, 2, &mut y);
