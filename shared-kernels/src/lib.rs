@@ -1,4 +1,21 @@
-//! vigil-kernels: WGSL kernels and the host code that launches them (native wgpu and WebGPU).
+//! vigil-kernels: the WGSL kernels of vigil's GPU decoder and the host code that launches them —
+//! natively through wgpu (Vulkan, Metal, DX12) and in the browser through WebGPU.
 //!
-//! Not built yet: this crate is filled by the WGSL issue (#3). Until then the runtime's only backend
-//! is the candle CPU decoder in `vigil-models`.
+//! - [`context::Gpu`]: adapter, device, the adapter's real limits and optional features;
+//! - [`kernel::Kernel`]: one enum value per kernel, each built from `src/wgsl/<family>.wgsl`
+//!   (plus shared snippets), with a pipeline cache keyed by kernel and weight type;
+//! - [`weights::QWeight`]: quantized weights repacked at load into aligned streams, split across
+//!   buffers when a tensor exceeds the binding limit;
+//! - [`params`]: the uniform structs the kernels read, laid out as in WGSL.
+//!
+//! Every kernel has an f32 baseline that runs on SwiftShader (no f16) and lavapipe; each is tested
+//! against a CPU reference in `tests/kernels.rs`, and every source is validated by naga without a GPU.
+
+pub mod context;
+pub mod kernel;
+pub mod params;
+pub mod weights;
+
+pub use context::{Gpu, GpuError};
+pub use kernel::{Dispatch, Kernel, Kernels};
+pub use weights::QWeight;
