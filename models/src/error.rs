@@ -38,6 +38,10 @@ pub enum Error {
     #[error("input: {0}")]
     Input(String),
 
+    /// The compute device failed (GPU lost, out of memory, validation error).
+    #[error("device: {0}")]
+    Device(String),
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -54,6 +54,20 @@ pub enum Event<'a> {
     Token { id: u32, text: &'a str },
     /// New text of a section of the answer (reasoning, think, proof, answer, verdict).
     Text { section: Section, text: &'a str },
+    /// Something the user should know, e.g. that the GPU failed and generation restarts on the CPU.
+    Notice(&'a str),
+}
+
+/// Which compute backend to run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// A hardware GPU when one is present; otherwise the CPU (a software GPU such as lavapipe or
+    /// SwiftShader is slower than vigil's CPU path, so `auto` does not pick it).
+    #[default]
+    Auto,
+    /// The GPU, whichever adapter there is (falls back to the CPU, with a notice, when none works).
+    Gpu,
+    Cpu,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -110,6 +124,13 @@ pub struct Guard {
     arch: String,
     adapter: Option<String>,
     name: String,
+    /// The model file and adapter, kept to rebuild a CPU backend if the GPU fails (native).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    source: Option<Gguf>,
+    lora: Option<LoraAdapter>,
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    context: usize,
+    notices: Vec<String>,
 }
 
 impl Guard {
@@ -143,21 +164,65 @@ impl Guard {
         Ok(Guard {
             tokenizer,
             template,
-            backend,
             stop_ids,
             held: Vec::new(),
             arch: g.str("general.architecture")?.to_string(),
             adapter: None,
             name: g.opt_str("general.name")?.unwrap_or(g.name()).to_string(),
+            context: backend.context(),
+            source: Some(g.clone()),
+            lora: None,
+            notices: Vec::new(),
+            backend,
         })
+    }
+
+    /// Loads a model file on the chosen backend (native). With `Auto` or `Gpu`, a missing or
+    /// failing GPU falls back to the CPU and says why in [`Guard::notices`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(path: impl AsRef<std::path::Path>, choice: BackendChoice, context: usize) -> Result<Self> {
+        let g = Gguf::open(path)?;
+        let mut notices = Vec::new();
+        let backend: Box<dyn Backend> = match choice {
+            BackendChoice::Cpu => Box::new(crate::backend::cpu::CpuBackend::load(&g, context)?),
+            BackendChoice::Auto | BackendChoice::Gpu => match Self::gpu_backend(&g, choice, context) {
+                Ok(b) => b,
+                Err(why) => {
+                    notices.push(why);
+                    Box::new(crate::backend::cpu::CpuBackend::load(&g, context)?)
+                }
+            },
+        };
+        let mut guard = Self::new(&g, backend)?;
+        guard.notices = notices;
+        Ok(guard)
+    }
+
+    /// A GPU backend, or why there is none.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn gpu_backend(g: &Gguf, choice: BackendChoice, context: usize) -> std::result::Result<Box<dyn Backend>, String> {
+        let gpu = vigil_kernels::Gpu::new_blocking().map_err(|e| format!("{e}; using the CPU backend"))?;
+        if choice == BackendChoice::Auto && gpu.info.device_type == vigil_kernels::wgpu::DeviceType::Cpu {
+            return Err(format!(
+                "the only GPU adapter, {}, is a software renderer; using the CPU backend (--backend gpu forces it)",
+                gpu.describe()
+            ));
+        }
+        let name = gpu.describe();
+        crate::backend::gpu::GpuBackend::load(std::sync::Arc::new(gpu), g, context)
+            .map(|b| Box::new(b) as Box<dyn Backend>)
+            .map_err(|e| format!("the GPU backend could not load the model on {name} ({e}); using the CPU backend"))
+    }
+
+    /// What the user should know about how this guard runs (fallbacks and why).
+    pub fn notices(&self) -> &[String] {
+        &self.notices
     }
 
     /// Loads a model file on the CPU backend (native).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open_cpu(path: impl AsRef<std::path::Path>, context: usize) -> Result<Self> {
-        let g = Gguf::open(path)?;
-        let backend = crate::backend::cpu::CpuBackend::load(&g, context)?;
-        Self::new(&g, Box::new(backend))
+        Self::open(path, BackendChoice::Cpu, context)
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -168,6 +233,9 @@ impl Guard {
     }
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()
+    }
+    pub fn backend_info(&self) -> crate::backend::BackendInfo {
+        self.backend.info()
     }
     pub fn architecture(&self) -> &str {
         &self.arch
@@ -187,7 +255,21 @@ impl Guard {
         self.backend.set_adapter(adapter)?;
         self.held.clear();
         self.adapter = adapter.map(|a| a.name.clone());
+        self.lora = adapter.cloned();
         Ok(())
+    }
+
+    /// Replaces a failed GPU backend by the CPU one (same model and adapter).
+    #[cfg(not(target_arch = "wasm32"))]
+    fn fall_back_to_cpu(&mut self, why: &str) -> Result<String> {
+        let g = self.source.as_ref().ok_or_else(|| Error::Device(why.to_string()))?;
+        let mut cpu = crate::backend::cpu::CpuBackend::load(g, self.context)?;
+        cpu.set_adapter(self.lora.as_ref())?;
+        self.backend = Box::new(cpu);
+        self.held.clear();
+        let notice = format!("{why}; continuing on the CPU backend");
+        self.notices.push(notice.clone());
+        Ok(notice)
     }
 
     /// The prompt token ids of a request.
@@ -197,11 +279,31 @@ impl Guard {
 
     /// Classifies one request, reporting tokens and section text to `on_event` as they are
     /// generated. Return `ControlFlow::Break` from the callback to stop early.
+    ///
+    /// If the GPU fails on the way, the request restarts on the CPU backend: an
+    /// [`Event::Notice`] says so, and the events that follow are the new attempt's.
     pub fn classify(
         &mut self,
         req: &GuardRequest,
         opts: &ClassifyOptions,
         mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<Outcome> {
+        match self.classify_once(req, opts, &mut on_event) {
+            #[cfg(not(target_arch = "wasm32"))]
+            Err(Error::Device(why)) if self.backend.name() == "gpu" && self.source.is_some() => {
+                let notice = self.fall_back_to_cpu(&why)?;
+                let _ = on_event(&Event::Notice(&notice));
+                self.classify_once(req, opts, &mut on_event)
+            }
+            other => other,
+        }
+    }
+
+    fn classify_once(
+        &mut self,
+        req: &GuardRequest,
+        opts: &ClassifyOptions,
+        on_event: &mut impl FnMut(&Event) -> ControlFlow<()>,
     ) -> Result<Outcome> {
         if req.content.trim().is_empty() {
             return Err(Error::Input("the content to classify is empty".into()));

@@ -8,4 +8,4 @@ pub mod backend;
 mod clock;
 pub mod engine;
 
-pub use engine::{ClassifyOptions, Event, Guard, Outcome, StopReason};
+pub use engine::{BackendChoice, ClassifyOptions, Event, Guard, Outcome, StopReason};

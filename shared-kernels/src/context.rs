@@ -121,7 +121,7 @@ impl Gpu {
 
     /// Largest single storage binding, in bytes.
     pub fn max_binding(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
     }
 
     /// A storage buffer holding `contents` (at least 4 bytes, so an empty tensor still binds).

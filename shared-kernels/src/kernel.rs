@@ -15,6 +15,10 @@ pub enum Kernel {
     MatVec,
     /// The same, tiled for prefill.
     MatMul,
+    /// The same, one invocation per output: for adapters that run on a CPU.
+    MatVecRows,
+    /// MatVec reducing with subgroup operations (SUBGROUP feature, subgroup size dividing 32).
+    MatVecSubgroup,
     /// Token embeddings from the quantized table.
     Embed,
     RmsNorm,
@@ -46,9 +50,11 @@ const QUANT: &str = include_str!("wgsl/quant.wgsl");
 const QUANT_DOT: &str = include_str!("wgsl/quant_dot.wgsl");
 
 impl Kernel {
-    pub const ALL: [Kernel; 12] = [
+    pub const ALL: [Kernel; 14] = [
         Kernel::MatVec,
         Kernel::MatMul,
+        Kernel::MatVecRows,
+        Kernel::MatVecSubgroup,
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::Rope,
@@ -66,6 +72,8 @@ impl Kernel {
         let (snippets, body): (&[&str], &str) = match self {
             Kernel::MatVec => (&[STEP, QUANT, QUANT_DOT], include_str!("wgsl/matvec.wgsl")),
             Kernel::MatMul => (&[STEP, QUANT, QUANT_DOT], include_str!("wgsl/matmul.wgsl")),
+            Kernel::MatVecRows => (&[STEP, QUANT, QUANT_DOT], include_str!("wgsl/matvec_rows.wgsl")),
+            Kernel::MatVecSubgroup => (&[STEP, QUANT, QUANT_DOT], include_str!("wgsl/matvec_sg.wgsl")),
             Kernel::Embed => (&[STEP, QUANT], include_str!("wgsl/embed.wgsl")),
             Kernel::RmsNorm => (&[STEP], include_str!("wgsl/rmsnorm.wgsl")),
             Kernel::Rope => (&[STEP], include_str!("wgsl/rope.wgsl")),
@@ -97,13 +105,15 @@ impl Kernel {
 
     /// Whether the kernel reads quantized weights (and takes the QTYPE override).
     pub fn quantized(self) -> bool {
-        matches!(self, Kernel::MatVec | Kernel::MatMul | Kernel::Embed)
+        matches!(self, Kernel::MatVec | Kernel::MatMul | Kernel::MatVecRows | Kernel::MatVecSubgroup | Kernel::Embed)
     }
 
     /// Binding kinds in binding order (group 0).
     pub fn signature(self) -> &'static [Binding] {
         match self {
-            Kernel::MatVec | Kernel::MatMul | Kernel::Embed => &[U, U, R, R, R, W],
+            Kernel::MatVec | Kernel::MatMul | Kernel::MatVecRows | Kernel::MatVecSubgroup | Kernel::Embed => {
+                &[U, U, R, R, R, W]
+            }
             Kernel::RmsNorm | Kernel::Rope | Kernel::Dense => &[U, U, R, R, W],
             Kernel::KvWrite => &[U, U, R, W, W],
             Kernel::AttnScores | Kernel::AttnSoftmax | Kernel::AttnValues => &[U, U, R, R, R, W, W],
@@ -264,5 +274,37 @@ fn pollster_block<F: std::future::Future<Output = Option<wgpu::Error>>>(f: F) ->
     {
         drop(f);
         None
+    }
+}
+
+/// Which quantized-matmul kernels suit an adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatKernels {
+    /// For steps of a few tokens (decode).
+    pub small: Kernel,
+    /// For prefill-sized steps.
+    pub large: Kernel,
+}
+
+impl MatKernels {
+    /// Adapters that run on a CPU (lavapipe, SwiftShader) get one invocation per output and no
+    /// barriers; GPUs get 32 lanes per row, reduced with subgroup operations where the subgroup
+    /// size divides 32, and the tiled matmul for prefill.
+    pub fn for_gpu(gpu: &Gpu) -> Self {
+        if gpu.info.device_type == wgpu::DeviceType::Cpu {
+            return MatKernels { small: Kernel::MatVecRows, large: Kernel::MatVecRows };
+        }
+        let (lo, hi) = (gpu.info.subgroup_min_size, gpu.info.subgroup_max_size);
+        let sg_fits = gpu.subgroups && lo == hi && lo > 0 && 32 % lo == 0;
+        MatKernels { small: if sg_fits { Kernel::MatVecSubgroup } else { Kernel::MatVec }, large: Kernel::MatMul }
+    }
+
+    /// Workgroup counts of `kernel` for n rows and t tokens.
+    pub fn grid(kernel: Kernel, n: u32, t: u32) -> [u32; 3] {
+        match kernel {
+            Kernel::MatMul => [n.div_ceil(32), t.div_ceil(32), 1],
+            Kernel::MatVecRows => [n.div_ceil(64), t, 1],
+            _ => [n.div_ceil(8), t, 1],
+        }
     }
 }

@@ -17,5 +17,7 @@ pub mod params;
 pub mod weights;
 
 pub use context::{Gpu, GpuError};
-pub use kernel::{Dispatch, Kernel, Kernels};
+pub use kernel::{Dispatch, Kernel, Kernels, MatKernels};
 pub use weights::QWeight;
+/// The wgpu this crate is built on (so dependents use the same version).
+pub use wgpu;

@@ -33,7 +33,8 @@ pub struct MatParams {
 pub struct EmbedParams {
     pub d: u32,
     pub vocab: u32,
-    pub _pad: [u32; 2],
+    pub row0: u32,
+    pub rows: u32,
 }
 
 /// rmsnorm.wgsl

@@ -77,7 +77,7 @@ impl QWeight {
         data: &[u8],
         limit: u64,
     ) -> Result<Self> {
-        if k % 32 != 0 || n == 0 {
+        if !k.is_multiple_of(32) || n == 0 {
             return Err(GpuError::Shape(format!("{label}: [{n}, {k}] is not a matrix of whole 32-value blocks")));
         }
         let row_bytes =

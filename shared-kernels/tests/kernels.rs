@@ -189,23 +189,25 @@ fn embedding_rows_match_the_codec() {
     let Some(gpu) = gpu_for_test() else { return };
     let run = Run::new(&gpu);
     let (vocab, d) = (300, 96);
-    let (deq, w) = weight(&gpu, GgmlType::Q8_0, vocab, d, 5, None);
-    let ids = [0u32, 299, 17, 17, 5000];
+    // a table split across three buffers
+    let (deq, w) = weight(&gpu, GgmlType::Q8_0, vocab, d, 5, Some(120 * 102));
+    assert_eq!(w.parts.len(), 3);
+    let ids = [0u32, 299, 17, 17, 5000, 120, 119];
     let idb = gpu.storage("ids", bytemuck::cast_slice(&ids)).unwrap();
     let out = run.buf(&vec![0.0; ids.len() * d]);
     let step = run.step(Step { pos: 0, t: ids.len() as u32, l: 0, rand: 0.0 });
-    let p = gpu.uniform("p", &EmbedParams { d: d as u32, vocab: vocab as u32, ..Default::default() });
-    let part = &w.parts[0];
-    run.go(&[run
-        .kernels
-        .dispatch(
-            &gpu,
-            Kernel::Embed,
-            w.qtype,
-            &[&p, &step, &part.qs, &part.scales, &idb, &out],
-            [(d as u32).div_ceil(64), ids.len() as u32, 1],
-        )
-        .unwrap()]);
+    let mut ds = Vec::new();
+    for part in &w.parts {
+        let p = EmbedParams { d: d as u32, vocab: vocab as u32, row0: part.row0 as u32, rows: part.rows as u32 };
+        let p = gpu.uniform("p", &p);
+        let bufs = [&p, &step, &part.qs, &part.scales, &idb, &out];
+        ds.push(
+            run.kernels
+                .dispatch(&gpu, Kernel::Embed, w.qtype, &bufs, [(d as u32).div_ceil(64), ids.len() as u32, 1])
+                .unwrap(),
+        );
+    }
+    run.go(&ds);
     let want: Vec<f32> = ids.iter().flat_map(|&i| deq[(i.min(299) as usize) * d..][..d].to_vec()).collect();
     assert_close("embed (out-of-range ids clamp)", &run.read(&out, ids.len() * d), &want, 0.0);
 }

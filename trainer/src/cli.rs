@@ -58,6 +58,9 @@ pub struct ModelArgs {
     /// Context size in tokens (prompt + answer); at most the model's own.
     #[arg(long, default_value_t = 4096)]
     pub context: usize,
+    /// Compute backend: a hardware GPU when present (auto), the GPU whatever it is, or the CPU.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -111,14 +114,16 @@ pub struct ClassifyArgs {
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
+    Auto,
     Cpu,
     Gpu,
 }
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
-    pub backend: BackendArg,
+    /// Memory bandwidth in GB/s, to print the bandwidth bound of decoding next to the speed.
+    #[arg(long)]
+    pub bandwidth_gbs: Option<f64>,
     /// Prompt length for the prefill measurement.
     #[arg(long, default_value_t = 512)]
     pub prompt_tokens: usize,

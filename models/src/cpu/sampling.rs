@@ -51,6 +51,12 @@ impl Sampler {
         self.params
     }
 
+    /// The next uniform number in [0, 1) of this sampler's stream — what [`Sampler::sample`] draws
+    /// once per non-greedy call, for a backend that samples on the device.
+    pub fn uniform(&mut self) -> f32 {
+        self.rng.random::<f32>()
+    }
+
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let p = self.params;
         if p.temperature <= 0.0 || p.top_k == 1 {

@@ -16,7 +16,13 @@ pub struct CpuBackend {
 impl CpuBackend {
     /// Loads the decoder; the KV cache holds up to `context` positions (capped by the model's).
     pub fn load(g: &Gguf, context: usize) -> Result<Self> {
-        let model = Llama::load(g, WeightMode::Quantized, &Device::Cpu)?;
+        Self::load_mode(g, context, WeightMode::Quantized)
+    }
+
+    /// [`CpuBackend::load`] with a choice of weight handling: `Dense(F32)` is the exact-activation
+    /// reference the GPU backend is compared with.
+    pub fn load_mode(g: &Gguf, context: usize, mode: WeightMode) -> Result<Self> {
+        let model = Llama::load(g, mode, &Device::Cpu)?;
         let cache = model.new_cache(context);
         Ok(CpuBackend { model, cache })
     }
@@ -29,6 +35,10 @@ impl CpuBackend {
 impl Backend for CpuBackend {
     fn name(&self) -> &'static str {
         "cpu"
+    }
+    fn info(&self) -> super::BackendInfo {
+        let threads = vigil_models::cpu::team::global().threads();
+        super::BackendInfo { device: format!("CPU, {threads} threads"), dispatches_per_token: None }
     }
     fn context(&self) -> usize {
         self.cache.capacity()

@@ -4,6 +4,7 @@
 //! - a GPU backend on the shared WGSL kernels comes with the WGSL issue.
 
 pub mod cpu;
+pub mod gpu;
 
 use vigil_models::cpu::sampling::Sampler;
 use vigil_models::lora::LoraAdapter;
@@ -28,4 +29,16 @@ pub trait Backend {
     }
     /// Attaches or removes a LoRA adapter. Clears the KV state (it depended on the old weights).
     fn set_adapter(&mut self, adapter: Option<&LoraAdapter>) -> Result<()>;
+    /// What the backend runs on, for reports.
+    fn info(&self) -> BackendInfo {
+        BackendInfo { device: self.name().to_string(), dispatches_per_token: None }
+    }
+}
+
+/// A backend's description for reports and benchmarks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendInfo {
+    pub device: String,
+    /// GPU dispatches recorded per decode step.
+    pub dispatches_per_token: Option<usize>,
 }

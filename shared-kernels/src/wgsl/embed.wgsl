@@ -1,9 +1,12 @@
-// out[t, i] = token_embd[ids[t], i], dequantized from the quantized table (quant.wgsl).
-// Dispatch: (ceil(d / 64), tokens, 1).
+// out[t, i] = token_embd[ids[t], i], dequantized from the quantized table (quant.wgsl). A table
+// split across buffers is one dispatch per part: a part writes the ids in [row0, row0 + rows).
+// Ids past the vocabulary read its last row. Dispatch: (ceil(d / 64), tokens, 1).
 
 struct Params {
     d: u32,
     vocab: u32,
+    row0: u32,
+    rows: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -21,6 +24,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let id = min(ids[t], p.vocab - 1u);
+    if (id < p.row0 || id >= p.row0 + p.rows) {
+        return;
+    }
     let nb = p.d / 32u;
-    out[t * p.d + i] = dequant(id * nb + i / 32u, i % 32u);
+    out[t * p.d + i] = dequant((id - p.row0) * nb + i / 32u, i % 32u);
 }

@@ -11,7 +11,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use crate::cli::{BackendArg, BenchArgs, Global};
+use crate::cli::{BenchArgs, Global};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -49,10 +49,19 @@ fn llama_bench(bin: &Path, model: &Path, threads: usize, args: &BenchArgs) -> Re
     Ok((pp.context("no prompt-processing result")?, tg.context("no generation result")?))
 }
 
+/// Bytes a decode step reads: every weight of the layers and the output head (a tied head reads
+/// the whole embedding table), plus keys and values at `positions`.
+fn bytes_per_token(path: &Path, positions: usize) -> Result<(u64, u64)> {
+    let g = vigil_models::gguf::Gguf::open(path)?;
+    let cfg = vigil_models::arch::ArchConfig::from_gguf(&g)?;
+    let mut weights: u64 = g.tensors().iter().filter(|t| t.name.starts_with("blk.")).map(|t| t.n_bytes).sum();
+    let head = if cfg.tied_embeddings { "token_embd.weight" } else { "output.weight" };
+    weights += g.require_tensor(head)?.n_bytes;
+    let kv = (2 * cfg.n_layer * cfg.kv_dim() * positions * 4) as u64;
+    Ok((weights, kv))
+}
+
 pub fn run(args: BenchArgs, g: &Global) -> Result<()> {
-    if args.backend == BackendArg::Gpu {
-        bail!("the GPU backend is not built yet; use --backend cpu");
-    }
     let threads = g.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let path = crate::commands::resolve_model(&args.model.model)?;
     let mut margs = args.model.clone();
@@ -89,23 +98,35 @@ pub fn run(args: BenchArgs, g: &Global) -> Result<()> {
     let (prefill, decode) = (median(pf), median(dc));
     let llama = if lpf.is_empty() { None } else { Some((median(lpf), median(ldc))) };
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let info = guard.backend_info();
+    // decoding from a 1-token prompt: on average gen/2 positions of KV are read per step
+    let (wbytes, kvbytes) = bytes_per_token(&path, 1 + args.gen_tokens / 2)?;
+    let per_token = wbytes + kvbytes;
+    let bound = args.bandwidth_gbs.map(|bw| bw * 1e9 / per_token as f64);
     if args.json {
         let mut o = json!({
             "backend": guard.backend_name(),
+            "device": info.device,
             "model": name,
             "threads": threads,
             "prompt_tokens": args.prompt_tokens,
             "gen_tokens": args.gen_tokens,
             "prefill_tok_s": prefill,
             "decode_tok_s": decode,
+            "dispatches_per_token": info.dispatches_per_token,
+            "bytes_per_token": per_token,
         });
+        if let Some(b) = bound {
+            o["decode_bound_tok_s"] = json!(b);
+            o["fraction_of_bound"] = json!(decode / b);
+        }
         if let Some((lp, ld)) = llama {
             o["llama_cpp"] = json!({"prefill_tok_s": lp, "decode_tok_s": ld});
             o["ratio"] = json!({"prefill": prefill / lp, "decode": decode / ld});
         }
         println!("{o}");
     } else {
-        println!("{name}, {} backend, {threads} threads, median of {}", guard.backend_name(), args.repeats.max(1));
+        println!("{name}, {} backend on {}, median of {}", guard.backend_name(), info.device, args.repeats.max(1));
         println!("{:<10} {:>14} {:>14} {:>8}", "", "vigil tok/s", "llama.cpp", "ratio");
         for (label, ours, theirs) in [
             (format!("pp{}", args.prompt_tokens), prefill, llama.map(|l| l.0)),
@@ -115,6 +136,19 @@ pub fn run(args: BenchArgs, g: &Global) -> Result<()> {
                 Some(t) => println!("{label:<10} {ours:>14.1} {t:>14.1} {:>7.2}x", ours / t),
                 None => println!("{label:<10} {ours:>14.1} {:>14} {:>8}", "-", "-"),
             }
+        }
+        if let Some(n) = info.dispatches_per_token {
+            println!("dispatches per token: {n}");
+        }
+        print!(
+            "bytes read per token: {:.1} MB ({:.1} MB weights + {:.2} MB KV)",
+            per_token as f64 / 1e6,
+            wbytes as f64 / 1e6,
+            kvbytes as f64 / 1e6
+        );
+        match bound {
+            Some(b) => println!("; bandwidth bound {b:.0} tok/s, decode at {:.0}% of it", 100.0 * decode / b),
+            None => println!(" (--bandwidth-gbs N prints the bound)"),
         }
     }
     Ok(())

@@ -164,6 +164,11 @@ fn classify_streaming(guard: &mut Guard, req: &GuardRequest, opts: &ClassifyOpti
     let mut last: Option<Section> = None;
     let mut io_err: Option<std::io::Error> = None;
     let outcome = guard.classify(req, opts, |ev| {
+        if let Event::Notice(n) = ev {
+            eprintln!("\nvigil: {n}");
+            last = None;
+            return ControlFlow::Continue(());
+        }
         if let Event::Text { section, text } = ev {
             let mut out = stdout.lock();
             let r = (|| -> std::io::Result<()> {

@@ -47,10 +47,18 @@ pub fn load_adapter(arg: &str) -> Result<Option<LoraAdapter>> {
     Ok(Some(LoraAdapter::from_gguf(&g)?))
 }
 
-/// Loads base model and adapter on the CPU backend.
+/// Loads base model and adapter on the chosen backend, printing any fallback notice.
 pub fn load_guard(m: &ModelArgs) -> Result<Guard> {
     let path = resolve_model(&m.model)?;
-    let mut guard = Guard::open_cpu(&path, m.context).with_context(|| format!("loading {}", path.display()))?;
+    let choice = match m.backend {
+        crate::cli::BackendArg::Auto => vigil_runtime::BackendChoice::Auto,
+        crate::cli::BackendArg::Gpu => vigil_runtime::BackendChoice::Gpu,
+        crate::cli::BackendArg::Cpu => vigil_runtime::BackendChoice::Cpu,
+    };
+    let mut guard = Guard::open(&path, choice, m.context).with_context(|| format!("loading {}", path.display()))?;
+    for n in guard.notices() {
+        eprintln!("vigil: {n}");
+    }
     if let Some(a) = load_adapter(&m.adapter)? {
         guard.set_adapter(Some(&a))?;
     }
