@@ -12,7 +12,7 @@ use vigil_models::gguf::{GgmlType, Gguf};
 use vigil_models::lora::LoraAdapter;
 use vigil_models::testing::tiny_llama;
 use vigil_runtime::backend::cpu::CpuBackend;
-use vigil_runtime::backend::gpu::GpuBackend;
+use vigil_runtime::backend::gpu::{GpuBackend, GpuOptions};
 use vigil_runtime::backend::Backend;
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -20,10 +20,11 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// The GPU backend with an f32 KV cache (the CPU's arithmetic) and the dense CPU reference.
 fn pair(ty: GgmlType) -> Option<(GpuBackend, CpuBackend, Gguf)> {
     let gpu = Arc::new(gpu_for_test()?);
     let g = Gguf::from_bytes("tiny.gguf", tiny_llama(ty, 5)).unwrap();
-    let gb = GpuBackend::load(gpu, &g, 1024).unwrap();
+    let gb = GpuBackend::load_with(gpu, &g, 1024, GpuOptions { kv_f16: false }).unwrap();
     let cb = CpuBackend::load_mode(&g, 1024, WeightMode::Dense(candle_core::DType::F32)).unwrap();
     Some((gb, cb, g))
 }
@@ -51,6 +52,47 @@ fn logits_match_the_cpu_for_every_step_size() {
             }
             assert_eq!(gb.position(), cb.position());
         }
+    }
+}
+
+/// The f16 KV cache (the default where the adapter has SHADER_F16) rounds keys and values to 11
+/// significant bits; logits stay within `F16_TOL` of the f32 reference and greedy tokens agree.
+#[test]
+fn the_f16_cache_stays_close_to_the_f32_reference() {
+    const F16_TOL: f32 = 2e-2;
+    let Some(gpu) = gpu_for_test() else { return };
+    if !gpu.f16 {
+        eprintln!("SKIP: {} has no SHADER_F16", gpu.describe());
+        return;
+    }
+    let g = Gguf::from_bytes("tiny.gguf", tiny_llama(GgmlType::Q4_1, 5)).unwrap();
+    let mut gb = GpuBackend::load(Arc::new(gpu), &g, 1024).unwrap();
+    assert!(gb.kv_f16(), "f16 is the default where the adapter has it");
+    assert_eq!(gb.kv_bytes(10), 2 * 2 * 32 * 10 * 2);
+    let mut cb = CpuBackend::load_mode(&g, 1024, WeightMode::Dense(candle_core::DType::F32)).unwrap();
+    let mut worst = 0f32;
+    for (n, decode) in [(5, 3), (300, 2)] {
+        gb.truncate(0);
+        cb.truncate(0);
+        let p = prompt(n);
+        worst = worst.max(max_diff(&gb.forward(&p).unwrap(), &cb.forward(&p).unwrap()));
+        for i in 0..decode {
+            let tok = [(i * 13 + 1) as u32];
+            worst = worst.max(max_diff(&gb.forward(&tok).unwrap(), &cb.forward(&tok).unwrap()));
+        }
+    }
+    eprintln!("f16 KV: max |Δlogit| {worst:.5}");
+    assert!(worst < F16_TOL, "f16 cache: logits differ by {worst}");
+    assert!(worst > 0.0, "an f16 cache that rounds nothing is not f16");
+    let (mut sg, mut sc) = (Sampler::new(SamplingParams::greedy()), Sampler::new(SamplingParams::greedy()));
+    gb.truncate(0);
+    cb.truncate(0);
+    let p = prompt(12);
+    let (mut a, mut b) = (gb.forward_sample(&p, &mut sg).unwrap(), cb.forward_sample(&p, &mut sc).unwrap());
+    for step in 0..24 {
+        assert_eq!(a, b, "step {step}");
+        a = gb.forward_sample(&[a], &mut sg).unwrap();
+        b = cb.forward_sample(&[b], &mut sc).unwrap();
     }
 }
 

@@ -67,7 +67,22 @@ impl Kernel {
         Kernel::Sample,
     ];
 
-    /// The full WGSL source: shared snippets, then the family's file.
+    /// Whether the kernel reads or writes the KV cache (and comes in an f16-cache variant).
+    pub fn uses_kv(self) -> bool {
+        matches!(self, Kernel::KvWrite | Kernel::AttnScores | Kernel::AttnSoftmax | Kernel::AttnValues)
+    }
+
+    /// The WGSL source of a variant: for quantized kernels `qtype` is the weight type; for KV
+    /// kernels 1 (ggml's F16) selects the f16 cache.
+    pub fn source_for(self, qtype: u32) -> String {
+        let s = self.source();
+        if self.uses_kv() && qtype == 1 {
+            return format!("enable f16;\n{}", s.replace("alias kv_t = f32;", "alias kv_t = f16;"));
+        }
+        s
+    }
+
+    /// The full WGSL source (f32 variant): shared snippets, then the family's file.
     pub fn source(self) -> String {
         let (snippets, body): (&[&str], &str) = match self {
             Kernel::MatVec => (&[STEP, QUANT, QUANT_DOT], include_str!("wgsl/matvec.wgsl")),
@@ -194,11 +209,16 @@ impl Kernels {
 
     /// The pipeline of a kernel for a weight type (ggml id; ignored by unquantized kernels).
     pub fn pipeline(&self, gpu: &Gpu, kernel: Kernel, qtype: u32) -> Result<wgpu::ComputePipeline> {
-        let qtype = if kernel.quantized() { qtype } else { 0 };
-        if !kernel.quantized() || matches!(qtype, 0 | 2 | 3 | 8) {
-            // supported
+        let qtype = if kernel.quantized() || kernel.uses_kv() { qtype } else { 0 };
+        let supported = if kernel.quantized() {
+            matches!(qtype, 0 | 2 | 3 | 8)
+        } else if kernel.uses_kv() {
+            qtype == 0 || (qtype == 1 && gpu.f16)
         } else {
-            return Err(GpuError::Shape(format!("{kernel:?} has no kernel for ggml type {qtype}")));
+            true
+        };
+        if !supported {
+            return Err(GpuError::Shape(format!("{kernel:?} has no variant for ggml type {qtype} on this adapter")));
         }
         if let Some(p) = self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).get(&(kernel, qtype)) {
             return Ok(p.clone());
@@ -207,7 +227,7 @@ impl Kernels {
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&format!("{kernel:?}")),
-            source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+            source: wgpu::ShaderSource::Wgsl(kernel.source_for(qtype).into()),
         });
         let pl = gpu.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(&format!("{kernel:?}")),

@@ -10,12 +10,16 @@ use vigil_models::gguf::{codec, GgmlType};
 
 #[test]
 fn every_kernel_source_validates_with_naga() {
-    for k in Kernel::ALL {
-        let module = naga::front::wgsl::parse_str(&k.source())
-            .unwrap_or_else(|e| panic!("{k:?}: {}", e.emit_to_string(&k.source())));
+    // every kernel, plus the f16-cache variant of the KV kernels
+    let variants =
+        Kernel::ALL.iter().map(|&k| (k, 0)).chain(Kernel::ALL.iter().filter(|k| k.uses_kv()).map(|&k| (k, 1)));
+    for (k, qtype) in variants {
+        let src = k.source_for(qtype);
+        let module =
+            naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{k:?}/{qtype}: {}", e.emit_to_string(&src)));
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
             .validate(&module)
-            .unwrap_or_else(|e| panic!("{k:?}: {e:?}"));
+            .unwrap_or_else(|e| panic!("{k:?}/{qtype}: {e:?}"));
         assert!(module.entry_points.iter().any(|e| e.name == k.entry_point()), "{k:?}");
     }
 }
@@ -306,98 +310,126 @@ fn attention_with_cache_and_gqa_matches_the_cpu() {
     let Some(gpu) = gpu_for_test() else { return };
     let run = Run::new(&gpu);
     let (heads, kvh, hd, ctx, tmax) = (6usize, 2usize, 16usize, 40usize, 8usize);
-    for (pos, t, window) in [(0usize, 7usize, None), (9, 1, None), (12, 5, None), (20, 3, Some(6usize))] {
-        let l = pos + t;
-        let q_dim = heads * hd;
-        let kv_dim = kvh * hd;
-        let stride = q_dim + 2 * kv_dim;
-        let mut r = rng((pos * 31 + t) as u64);
-        // earlier positions already in the cache; this step's k, v in the qkv rows
-        let k_prev = randv(&mut r, kvh * ctx * hd, 1.0);
-        let v_prev = randv(&mut r, kvh * ctx * hd, 1.0);
-        let qkv = randv(&mut r, t * stride, 1.0);
-        let (kcb, vcb, qkvb) = (run.buf(&k_prev), run.buf(&v_prev), run.buf(&qkv));
-        let sc = run.buf(&vec![0.0; heads * tmax * ctx]);
-        let out = run.buf(&vec![0.0; t * q_dim]);
-        let step = run.step(Step { pos: pos as u32, t: t as u32, l: l as u32, rand: 0.0 });
-        let kvp = gpu.uniform(
-            "kv",
-            &KvParams {
-                kv_dim: kv_dim as u32,
-                hd: hd as u32,
-                ctx: ctx as u32,
-                src_stride: stride as u32,
-                k_offset: q_dim as u32,
-                v_offset: (q_dim + kv_dim) as u32,
-                ..Default::default()
-            },
-        );
-        let scale = 1.0 / (hd as f32).sqrt();
-        let ap = gpu.uniform(
-            "attn",
-            &AttnParams {
-                heads: heads as u32,
-                kv_heads: kvh as u32,
-                hd: hd as u32,
-                ctx: ctx as u32,
-                tmax: tmax as u32,
-                q_stride: stride as u32,
-                q_offset: 0,
-                out_stride: q_dim as u32,
-                scale,
-                window: window.unwrap_or(0) as u32,
-                ..Default::default()
-            },
-        );
-        let k = &run.kernels;
-        let attn = [&ap, &step, &qkvb, &kcb, &vcb, &sc, &out];
-        run.go(&[
-            k.dispatch(
-                &gpu,
-                Kernel::KvWrite,
-                0,
-                &[&kvp, &step, &qkvb, &kcb, &vcb],
-                [(kv_dim as u32).div_ceil(64), t as u32, 1],
-            )
-            .unwrap(),
-            k.dispatch(&gpu, Kernel::AttnScores, 0, &attn, [(l as u32).div_ceil(64), t as u32, heads as u32]).unwrap(),
-            k.dispatch(&gpu, Kernel::AttnSoftmax, 0, &attn, [t as u32, heads as u32, 1]).unwrap(),
-            k.dispatch(&gpu, Kernel::AttnValues, 0, &attn, [((heads * hd) as u32).div_ceil(64), t as u32, 1]).unwrap(),
-        ]);
-        // CPU: caches with this step's rows written in, then ops::attention
-        let mut kc = k_prev.clone();
-        let mut vc = v_prev.clone();
-        for ti in 0..t {
-            for j in 0..kv_dim {
-                let (h, d) = (j / hd, j % hd);
-                kc[(h * ctx + pos + ti) * hd + d] = qkv[ti * stride + q_dim + j];
-                vc[(h * ctx + pos + ti) * hd + d] = qkv[ti * stride + q_dim + kv_dim + j];
-            }
-        }
-        let dev = Device::Cpu;
-        let kt = Tensor::from_vec(kc, (1, kvh, ctx, hd), &dev).unwrap().narrow(2, 0, l).unwrap();
-        let vt = Tensor::from_vec(vc, (1, kvh, ctx, hd), &dev).unwrap().narrow(2, 0, l).unwrap();
-        let mut qh = vec![0f32; heads * t * hd];
-        for h in 0..heads {
+    // f32 cache, and the f16 cache variant where the adapter has SHADER_F16
+    let kv_types: &[u32] = if gpu.f16 { &[0, 1] } else { &[0] };
+    let f16_round = |x: f32| half::f16::from_f32(x).to_f32();
+    for &kv in kv_types {
+        for (pos, t, window) in [(0usize, 7usize, None), (9, 1, None), (12, 5, None), (20, 3, Some(6usize))] {
+            let l = pos + t;
+            let q_dim = heads * hd;
+            let kv_dim = kvh * hd;
+            let stride = q_dim + 2 * kv_dim;
+            let mut r = rng((pos * 31 + t) as u64);
+            // earlier positions already in the cache; this step's k, v in the qkv rows
+            let k_prev = randv(&mut r, kvh * ctx * hd, 1.0);
+            let v_prev = randv(&mut r, kvh * ctx * hd, 1.0);
+            let qkv = randv(&mut r, t * stride, 1.0);
+            let cache = |v: &[f32]| -> wgpu::Buffer {
+                if kv == 1 {
+                    let h: Vec<u16> = v.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
+                    gpu.storage("kv16", bytemuck::cast_slice(&h)).unwrap()
+                } else {
+                    run.buf(v)
+                }
+            };
+            let (kcb, vcb, qkvb) = (cache(&k_prev), cache(&v_prev), run.buf(&qkv));
+            let sc = run.buf(&vec![0.0; heads * tmax * ctx]);
+            let out = run.buf(&vec![0.0; t * q_dim]);
+            let step = run.step(Step { pos: pos as u32, t: t as u32, l: l as u32, rand: 0.0 });
+            let kvp = gpu.uniform(
+                "kv",
+                &KvParams {
+                    kv_dim: kv_dim as u32,
+                    hd: hd as u32,
+                    ctx: ctx as u32,
+                    src_stride: stride as u32,
+                    k_offset: q_dim as u32,
+                    v_offset: (q_dim + kv_dim) as u32,
+                    ..Default::default()
+                },
+            );
+            let scale = 1.0 / (hd as f32).sqrt();
+            let ap = gpu.uniform(
+                "attn",
+                &AttnParams {
+                    heads: heads as u32,
+                    kv_heads: kvh as u32,
+                    hd: hd as u32,
+                    ctx: ctx as u32,
+                    tmax: tmax as u32,
+                    q_stride: stride as u32,
+                    q_offset: 0,
+                    out_stride: q_dim as u32,
+                    scale,
+                    window: window.unwrap_or(0) as u32,
+                    ..Default::default()
+                },
+            );
+            let k = &run.kernels;
+            let attn = [&ap, &step, &qkvb, &kcb, &vcb, &sc, &out];
+            run.go(&[
+                k.dispatch(
+                    &gpu,
+                    Kernel::KvWrite,
+                    kv,
+                    &[&kvp, &step, &qkvb, &kcb, &vcb],
+                    [(kv_dim as u32).div_ceil(64), t as u32, 1],
+                )
+                .unwrap(),
+                k.dispatch(&gpu, Kernel::AttnScores, kv, &attn, [(l as u32).div_ceil(64), t as u32, heads as u32])
+                    .unwrap(),
+                k.dispatch(&gpu, Kernel::AttnSoftmax, kv, &attn, [t as u32, heads as u32, 1]).unwrap(),
+                k.dispatch(&gpu, Kernel::AttnValues, kv, &attn, [((heads * hd) as u32).div_ceil(64), t as u32, 1])
+                    .unwrap(),
+            ]);
+            // CPU: caches with this step's rows written in, then ops::attention
+            let mut kc = k_prev.clone();
+            let mut vc = v_prev.clone();
             for ti in 0..t {
-                for d in 0..hd {
-                    qh[(h * t + ti) * hd + d] = qkv[ti * stride + h * hd + d];
+                for j in 0..kv_dim {
+                    let (h, d) = (j / hd, j % hd);
+                    kc[(h * ctx + pos + ti) * hd + d] = qkv[ti * stride + q_dim + j];
+                    vc[(h * ctx + pos + ti) * hd + d] = qkv[ti * stride + q_dim + kv_dim + j];
                 }
             }
-        }
-        let qt = Tensor::from_vec(qh, (1, heads, t, hd), &dev).unwrap();
-        let mask = ops::causal_mask(t, pos, window, &dev).unwrap();
-        let o: Vec<f32> =
-            ops::attention(&qt, &kt, &vt, Some(&mask), scale as f64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let mut want = vec![0f32; t * q_dim];
-        for h in 0..heads {
-            for ti in 0..t {
-                for d in 0..hd {
-                    want[ti * q_dim + h * hd + d] = o[(h * t + ti) * hd + d];
+            if kv == 1 {
+                // the reference sees the cache as the f16 variant stores it
+                kc.iter_mut().chain(vc.iter_mut()).for_each(|x| *x = f16_round(*x));
+            }
+            let dev = Device::Cpu;
+            let kt = Tensor::from_vec(kc, (1, kvh, ctx, hd), &dev).unwrap().narrow(2, 0, l).unwrap();
+            let vt = Tensor::from_vec(vc, (1, kvh, ctx, hd), &dev).unwrap().narrow(2, 0, l).unwrap();
+            let mut qh = vec![0f32; heads * t * hd];
+            for h in 0..heads {
+                for ti in 0..t {
+                    for d in 0..hd {
+                        qh[(h * t + ti) * hd + d] = qkv[ti * stride + h * hd + d];
+                    }
                 }
             }
+            let qt = Tensor::from_vec(qh, (1, heads, t, hd), &dev).unwrap();
+            let mask = ops::causal_mask(t, pos, window, &dev).unwrap();
+            let o: Vec<f32> = ops::attention(&qt, &kt, &vt, Some(&mask), scale as f64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let mut want = vec![0f32; t * q_dim];
+            for h in 0..heads {
+                for ti in 0..t {
+                    for d in 0..hd {
+                        want[ti * q_dim + h * hd + d] = o[(h * t + ti) * hd + d];
+                    }
+                }
+            }
+            assert_close(
+                &format!("attention kv {kv} pos {pos} t {t} window {window:?}"),
+                &run.read(&out, t * q_dim),
+                &want,
+                1e-5,
+            );
         }
-        assert_close(&format!("attention pos {pos} t {t} window {window:?}"), &run.read(&out, t * q_dim), &want, 1e-5);
     }
 }
 

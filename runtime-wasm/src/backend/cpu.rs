@@ -38,7 +38,7 @@ impl Backend for CpuBackend {
     }
     fn info(&self) -> super::BackendInfo {
         let threads = vigil_models::cpu::team::global().threads();
-        super::BackendInfo { device: format!("CPU, {threads} threads"), dispatches_per_token: None }
+        super::BackendInfo { device: format!("CPU, {threads} threads"), dispatches_per_token: None, kv_value_bytes: 4 }
     }
     fn context(&self) -> usize {
         self.cache.capacity()

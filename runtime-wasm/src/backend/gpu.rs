@@ -263,13 +263,39 @@ pub struct GpuBackend {
     lora_buffers: Vec<wgpu::Buffer>,
     pos: usize,
     weight_bytes: u64,
+    /// bytes per cached key or value element
+    kv_elem: usize,
     _keep: Vec<wgpu::Buffer>,
     _weights: Vec<QWeight>,
 }
 
+/// Choices made when the program is built.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuOptions {
+    /// Keep the KV cache in f16 (half the cache bytes a step reads; attention math stays f32).
+    pub kv_f16: bool,
+}
+
+impl GpuOptions {
+    /// What suits `gpu`: an f16 cache where the adapter has SHADER_F16.
+    pub fn for_gpu(gpu: &Gpu) -> Self {
+        GpuOptions { kv_f16: gpu.f16 }
+    }
+}
+
 impl GpuBackend {
-    /// Uploads `g` to `gpu` and builds the program for a context of `context` positions.
+    /// Uploads `g` to `gpu` and builds the program for a context of `context` positions, with the
+    /// options that suit the adapter.
     pub fn load(gpu: Arc<Gpu>, g: &Gguf, context: usize) -> Result<Self> {
+        let options = GpuOptions::for_gpu(&gpu);
+        Self::load_with(gpu, g, context, options)
+    }
+
+    /// [`GpuBackend::load`] with explicit options.
+    pub fn load_with(gpu: Arc<Gpu>, g: &Gguf, context: usize, options: GpuOptions) -> Result<Self> {
+        if options.kv_f16 && !gpu.f16 {
+            return Err(Error::Device(format!("{}: an f16 KV cache needs SHADER_F16", gpu.describe())));
+        }
         let cfg = ArchConfig::from_gguf(g)?;
         if cfg.arch != Arch::Llama {
             return Err(Error::UnsupportedArch {
@@ -281,6 +307,10 @@ impl GpuBackend {
         let ctx = context.min(cfg.context_length).max(1);
         let (d, qd, kvd, ff, hd) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff, cfg.head_dim);
         let f32s = |label: &str, n: usize| gpu.zeros(label, (n * 4) as u64).map_err(gpu_err);
+        // ggml type of the cache: 1 (F16) or 0 (F32); the KV kernels are built for it
+        let kv_type = options.kv_f16 as u32;
+        let kv_elem = if options.kv_f16 { 2 } else { 4 };
+        let kv_layer_bytes = (cfg.n_head_kv * ctx * hd * kv_elem) as u64;
         let read_buf = |label: &str, size: usize| {
             gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -367,8 +397,8 @@ impl GpuBackend {
                     Grid::PerToken(((heads * half) as u32).div_ceil(64)),
                 )?;
             }
-            let kc = f32s("kc", cfg.n_head_kv * ctx * hd)?;
-            let vc = f32s("vc", cfg.n_head_kv * ctx * hd)?;
+            let kc = gpu.zeros("kc", kv_layer_bytes).map_err(gpu_err)?;
+            let vc = gpu.zeros("vc", kv_layer_bytes).map_err(gpu_err)?;
             let kvp = b.uniform(&KvParams {
                 kv_dim: kvd as u32,
                 hd: hd as u32,
@@ -378,7 +408,7 @@ impl GpuBackend {
                 v_offset: (qd + kvd) as u32,
                 ..Default::default()
             });
-            b.op(Kernel::KvWrite, 0, &[&kvp, step, &s.qkv, &kc, &vc], Grid::PerToken((kvd as u32).div_ceil(64)))?;
+            b.op(Kernel::KvWrite, kv_type, &[&kvp, step, &s.qkv, &kc, &vc], Grid::PerToken((kvd as u32).div_ceil(64)))?;
             let window = if cfg.is_sliding(il) { cfg.sliding_window.unwrap_or(0) } else { 0 };
             let ap = b.uniform(&AttnParams {
                 heads: cfg.n_head as u32,
@@ -394,9 +424,9 @@ impl GpuBackend {
                 ..Default::default()
             });
             let attn = [&ap, step, &s.qkv, &kc, &vc, &scores, &s.att];
-            b.op(Kernel::AttnScores, 0, &attn, Grid::Keys(cfg.n_head as u32))?;
-            b.op(Kernel::AttnSoftmax, 0, &attn, Grid::TokenHeads(cfg.n_head as u32))?;
-            b.op(Kernel::AttnValues, 0, &attn, Grid::PerToken(((cfg.n_head * hd) as u32).div_ceil(64)))?;
+            b.op(Kernel::AttnScores, kv_type, &attn, Grid::Keys(cfg.n_head as u32))?;
+            b.op(Kernel::AttnSoftmax, kv_type, &attn, Grid::TokenHeads(cfg.n_head as u32))?;
+            b.op(Kernel::AttnValues, kv_type, &attn, Grid::PerToken(((cfg.n_head * hd) as u32).div_ceil(64)))?;
             b.keep.extend([kc, vc]);
             // residual add fused: the output projection accumulates into x
             b.project(&name("attn_output"), qd, d, site("att", "x", d, 0, true))?;
@@ -431,6 +461,7 @@ impl GpuBackend {
             lora_buffers: Vec::new(),
             pos: 0,
             weight_bytes,
+            kv_elem,
             _keep: keep,
             _weights: weights,
         })
@@ -465,7 +496,12 @@ impl GpuBackend {
 
     /// KV-cache bytes a decode step at `positions` reads (keys and values of every layer).
     pub fn kv_bytes(&self, positions: usize) -> u64 {
-        (2 * self.cfg.n_layer * self.cfg.kv_dim() * positions * 4) as u64
+        (2 * self.cfg.n_layer * self.cfg.kv_dim() * positions * self.kv_elem) as u64
+    }
+
+    /// Whether the KV cache is kept in f16.
+    pub fn kv_f16(&self) -> bool {
+        self.kv_elem == 2
     }
 
     /// Runs `tokens` (at most TMAX) at the current position; the sample op uses `sample`.
@@ -564,7 +600,11 @@ impl Backend for GpuBackend {
         "gpu"
     }
     fn info(&self) -> super::BackendInfo {
-        super::BackendInfo { device: self.gpu.describe(), dispatches_per_token: Some(self.dispatches_per_step()) }
+        super::BackendInfo {
+            device: self.gpu.describe(),
+            dispatches_per_token: Some(self.dispatches_per_step()),
+            kv_value_bytes: self.kv_elem,
+        }
     }
     fn context(&self) -> usize {
         self.ctx

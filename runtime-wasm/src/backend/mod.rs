@@ -31,7 +31,7 @@ pub trait Backend {
     fn set_adapter(&mut self, adapter: Option<&LoraAdapter>) -> Result<()>;
     /// What the backend runs on, for reports.
     fn info(&self) -> BackendInfo {
-        BackendInfo { device: self.name().to_string(), dispatches_per_token: None }
+        BackendInfo { device: self.name().to_string(), dispatches_per_token: None, kv_value_bytes: 4 }
     }
 }
 
@@ -41,4 +41,6 @@ pub struct BackendInfo {
     pub device: String,
     /// GPU dispatches recorded per decode step.
     pub dispatches_per_token: Option<usize>,
+    /// Bytes per cached key or value element (4: f32, 2: f16).
+    pub kv_value_bytes: usize,
 }

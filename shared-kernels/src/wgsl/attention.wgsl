@@ -4,7 +4,9 @@
 //           outside the sliding window);            dispatch (ceil(step.l / 64), tokens, heads)
 //   softmax over j < step.l, in place;               dispatch (tokens, heads, 1)
 //   values: o[t, h] = Σ_j s[h, t, j] · v[h / rep, j]; dispatch (ceil(heads * hd / 64), tokens, 1)
-// Entry points share one binding layout.
+// Entry points share one binding layout. kv_t is the cache's element type: f32, or f16 in the
+// variant built for adapters with SHADER_F16 (arithmetic stays f32).
+alias kv_t = f32;
 
 struct Params {
     heads: u32,
@@ -24,8 +26,8 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> q: array<f32>;          // [t, q_stride]
-@group(0) @binding(3) var<storage, read> kc: array<f32>;         // [kv_heads, ctx, hd]
-@group(0) @binding(4) var<storage, read> vc: array<f32>;         // [kv_heads, ctx, hd]
+@group(0) @binding(3) var<storage, read> kc: array<kv_t>;        // [kv_heads, ctx, hd]
+@group(0) @binding(4) var<storage, read> vc: array<kv_t>;        // [kv_heads, ctx, hd]
 @group(0) @binding(5) var<storage, read_write> sc: array<f32>;   // [heads, tmax, ctx]
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;  // [t, out_stride]
 
@@ -46,7 +48,7 @@ fn scores(@builtin(global_invocation_id) gid: vec3<u32>) {
         let kb = (kvh * p.ctx + j) * p.hd;
         var acc = 0.0;
         for (var d = 0u; d < p.hd; d++) {
-            acc += q[qb + d] * kc[kb + d];
+            acc += q[qb + d] * f32(kc[kb + d]);
         }
         v = acc * p.scale;
     }
@@ -110,7 +112,7 @@ fn values(@builtin(global_invocation_id) gid: vec3<u32>) {
     let sb = (h * p.tmax + t) * p.ctx;
     var acc = 0.0;
     for (var j = 0u; j < step.l; j++) {
-        acc += sc[sb + j] * vc[(kvh * p.ctx + j) * p.hd + d];
+        acc += sc[sb + j] * f32(vc[(kvh * p.ctx + j) * p.hd + d]);
     }
     out[t * p.out_stride + h * p.hd + d] = acc;
 }

@@ -50,14 +50,14 @@ fn llama_bench(bin: &Path, model: &Path, threads: usize, args: &BenchArgs) -> Re
 }
 
 /// Bytes a decode step reads: every weight of the layers and the output head (a tied head reads
-/// the whole embedding table), plus keys and values at `positions`.
-fn bytes_per_token(path: &Path, positions: usize) -> Result<(u64, u64)> {
+/// the whole embedding table), plus keys and values at `positions` (`kv_value_bytes` each).
+fn bytes_per_token(path: &Path, positions: usize, kv_value_bytes: usize) -> Result<(u64, u64)> {
     let g = vigil_models::gguf::Gguf::open(path)?;
     let cfg = vigil_models::arch::ArchConfig::from_gguf(&g)?;
     let mut weights: u64 = g.tensors().iter().filter(|t| t.name.starts_with("blk.")).map(|t| t.n_bytes).sum();
     let head = if cfg.tied_embeddings { "token_embd.weight" } else { "output.weight" };
     weights += g.require_tensor(head)?.n_bytes;
-    let kv = (2 * cfg.n_layer * cfg.kv_dim() * positions * 4) as u64;
+    let kv = (2 * cfg.n_layer * cfg.kv_dim() * positions * kv_value_bytes) as u64;
     Ok((weights, kv))
 }
 
@@ -100,7 +100,7 @@ pub fn run(args: BenchArgs, g: &Global) -> Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let info = guard.backend_info();
     // decoding from a 1-token prompt: on average gen/2 positions of KV are read per step
-    let (wbytes, kvbytes) = bytes_per_token(&path, 1 + args.gen_tokens / 2)?;
+    let (wbytes, kvbytes) = bytes_per_token(&path, 1 + args.gen_tokens / 2, info.kv_value_bytes)?;
     let per_token = wbytes + kvbytes;
     let bound = args.bandwidth_gbs.map(|bw| bw * 1e9 / per_token as f64);
     if args.json {
@@ -115,6 +115,7 @@ pub fn run(args: BenchArgs, g: &Global) -> Result<()> {
             "decode_tok_s": decode,
             "dispatches_per_token": info.dispatches_per_token,
             "bytes_per_token": per_token,
+            "kv_value_bytes": info.kv_value_bytes,
         });
         if let Some(b) = bound {
             o["decode_bound_tok_s"] = json!(b);
@@ -141,10 +142,11 @@ pub fn run(args: BenchArgs, g: &Global) -> Result<()> {
             println!("dispatches per token: {n}");
         }
         print!(
-            "bytes read per token: {:.1} MB ({:.1} MB weights + {:.2} MB KV)",
+            "bytes read per token: {:.1} MB ({:.1} MB weights + {:.2} MB KV, {})",
             per_token as f64 / 1e6,
             wbytes as f64 / 1e6,
-            kvbytes as f64 / 1e6
+            kvbytes as f64 / 1e6,
+            if info.kv_value_bytes == 2 { "f16" } else { "f32" }
         );
         match bound {
             Some(b) => println!("; bandwidth bound {b:.0} tok/s, decode at {:.0}% of it", 100.0 * decode / b),
