@@ -1,5 +1,5 @@
-//! The `vigil` binary end to end: JSON output on the real model, streaming, JSONL input, and clear
-//! errors with exit codes for bad input.
+//! The `vigil` binary end to end: JSON output on the real model, streaming, JSONL input, clear
+//! errors with exit codes for bad input, and the fallback when no GPU can be used.
 
 use std::process::Command;
 
@@ -26,6 +26,27 @@ fn classify_json_prints_the_documented_object() {
     assert!(matches!(v["label"].as_str(), Some("safe" | "unsafe")), "{v}");
     assert!(v["policies"].is_array() && v["reasoning"].is_string() && v["raw"].is_string());
     assert!(v["raw"].as_str().unwrap().contains("Classification:"));
+}
+
+/// `--backend gpu` on a machine whose GPU driver cannot load (here: Vulkan pointed at a missing
+/// driver manifest) says so and classifies on the CPU backend.
+#[test]
+fn a_missing_gpu_falls_back_to_the_cpu_with_a_message() {
+    let Some(model) = model_for_test("smollm2") else { return };
+    let out = vigil()
+        .env("WGPU_BACKEND", "vulkan")
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .args(["classify", "--json", "--backend", "gpu", "--max-tokens", "8", "--model"])
+        .arg(&model)
+        .arg("hello there")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("no GPU adapter") && err.contains("using the CPU backend"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(matches!(v["label"].as_str(), Some("safe" | "unsafe")), "{v}");
 }
 
 #[test]
