@@ -114,6 +114,35 @@ pub struct Outcome {
     pub stats: Stats,
 }
 
+impl Outcome {
+    /// The outcome as JSON (`vigil classify --json`, the browser API): label (`safe`, `unsafe` or
+    /// `unparseable`), policies, reasoning, raw text, forced, stop, stats; `error` when unparseable.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match &self.verdict {
+            Ok(v) => json!({
+                "label": v.label.lower(),
+                "policies": v.policies.iter().map(|p| p.name()).collect::<Vec<_>>(),
+                "reasoning": v.reasoning,
+                "raw": self.raw,
+                "forced": self.forced,
+                "stop": self.stop,
+                "stats": self.stats,
+            }),
+            Err(e) => json!({
+                "label": "unparseable",
+                "policies": [],
+                "reasoning": "",
+                "raw": self.raw,
+                "error": e.reason,
+                "forced": self.forced,
+                "stop": self.stop,
+                "stats": self.stats,
+            }),
+        }
+    }
+}
+
 pub struct Guard {
     tokenizer: Tokenizer,
     template: ChatTemplate,
@@ -124,11 +153,9 @@ pub struct Guard {
     arch: String,
     adapter: Option<String>,
     name: String,
-    /// The model file and adapter, kept to rebuild a CPU backend if the GPU fails (native).
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    /// The model file and adapter, kept to rebuild a CPU backend if the GPU fails.
     source: Option<Gguf>,
     lora: Option<LoraAdapter>,
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     context: usize,
     notices: Vec<String>,
 }
@@ -181,11 +208,17 @@ impl Guard {
     /// failing GPU falls back to the CPU and says why in [`Guard::notices`].
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open(path: impl AsRef<std::path::Path>, choice: BackendChoice, context: usize) -> Result<Self> {
-        let g = Gguf::open(path)?;
+        pollster::block_on(Self::load(Gguf::open(path)?, choice, context))
+    }
+
+    /// Builds a guard over an opened model file on the chosen backend (native and browser).
+    /// With `Auto` or `Gpu`, a missing or failing GPU falls back to the CPU and says why in
+    /// [`Guard::notices`].
+    pub async fn load(g: Gguf, choice: BackendChoice, context: usize) -> Result<Self> {
         let mut notices = Vec::new();
         let backend: Box<dyn Backend> = match choice {
             BackendChoice::Cpu => Box::new(crate::backend::cpu::CpuBackend::load(&g, context)?),
-            BackendChoice::Auto | BackendChoice::Gpu => match Self::gpu_backend(&g, choice, context) {
+            BackendChoice::Auto | BackendChoice::Gpu => match Self::gpu_backend(&g, choice, context).await {
                 Ok(b) => b,
                 Err(why) => {
                     notices.push(why);
@@ -199,10 +232,18 @@ impl Guard {
     }
 
     /// A GPU backend, or why there is none.
-    #[cfg(not(target_arch = "wasm32"))]
-    fn gpu_backend(g: &Gguf, choice: BackendChoice, context: usize) -> std::result::Result<Box<dyn Backend>, String> {
-        let gpu = vigil_kernels::Gpu::new_blocking().map_err(|e| format!("{e}; using the CPU backend"))?;
-        if choice == BackendChoice::Auto && gpu.info.device_type == vigil_kernels::wgpu::DeviceType::Cpu {
+    async fn gpu_backend(
+        g: &Gguf,
+        choice: BackendChoice,
+        context: usize,
+    ) -> std::result::Result<Box<dyn Backend>, String> {
+        let gpu = vigil_kernels::Gpu::new().await.map_err(|e| format!("{e}; using the CPU backend"))?;
+        // Natively vigil's CPU path beats a software GPU (lavapipe); in the browser any WebGPU
+        // adapter is taken, as the wasm CPU path has no threads.
+        if cfg!(not(target_arch = "wasm32"))
+            && choice == BackendChoice::Auto
+            && gpu.info.device_type == vigil_kernels::wgpu::DeviceType::Cpu
+        {
             return Err(format!(
                 "the only GPU adapter, {}, is a software renderer; using the CPU backend (--backend gpu forces it)",
                 gpu.describe()
@@ -260,7 +301,6 @@ impl Guard {
     }
 
     /// Replaces a failed GPU backend by the CPU one (same model and adapter).
-    #[cfg(not(target_arch = "wasm32"))]
     fn fall_back_to_cpu(&mut self, why: &str) -> Result<String> {
         let g = self.source.as_ref().ok_or_else(|| Error::Device(why.to_string()))?;
         let mut cpu = crate::backend::cpu::CpuBackend::load(g, self.context)?;
@@ -282,24 +322,35 @@ impl Guard {
     ///
     /// If the GPU fails on the way, the request restarts on the CPU backend: an
     /// [`Event::Notice`] says so, and the events that follow are the new attempt's.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn classify(
+        &mut self,
+        req: &GuardRequest,
+        opts: &ClassifyOptions,
+        on_event: impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<Outcome> {
+        pollster::block_on(self.classify_async(req, opts, on_event))
+    }
+
+    /// [`Guard::classify`] as a future: the form the browser needs, where a GPU step completes
+    /// only once the event loop has run.
+    pub async fn classify_async(
         &mut self,
         req: &GuardRequest,
         opts: &ClassifyOptions,
         mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
     ) -> Result<Outcome> {
-        match self.classify_once(req, opts, &mut on_event) {
-            #[cfg(not(target_arch = "wasm32"))]
+        match self.classify_once(req, opts, &mut on_event).await {
             Err(Error::Device(why)) if self.backend.name() == "gpu" && self.source.is_some() => {
                 let notice = self.fall_back_to_cpu(&why)?;
                 let _ = on_event(&Event::Notice(&notice));
-                self.classify_once(req, opts, &mut on_event)
+                self.classify_once(req, opts, &mut on_event).await
             }
             other => other,
         }
     }
 
-    fn classify_once(
+    async fn classify_once(
         &mut self,
         req: &GuardRequest,
         opts: &ClassifyOptions,
@@ -337,7 +388,7 @@ impl Guard {
         let mut decoder = TokenDecoder::new();
         let mut stats = Stats { prompt_tokens: ids.len(), reused_tokens: common, ..Stats::default() };
 
-        let mut next = self.backend.forward_sample(&ids[common..], &mut sampler)?;
+        let mut next = self.backend.forward_sample_async(&ids[common..], &mut sampler).await?;
         self.held.extend_from_slice(&ids[common..]);
         stats.prefill_ms = clock.ms();
         stats.ttft_ms = stats.prefill_ms;
@@ -371,9 +422,10 @@ impl Guard {
             if repeating(&generated) {
                 break StopReason::Repetition;
             }
-            let cur = next;
-            next = self.backend.forward_sample(&[cur], &mut sampler)?;
-            self.held.push(cur);
+            let cur = [next];
+            yield_now().await;
+            next = self.backend.forward_sample_async(&cur, &mut sampler).await?;
+            self.held.push(cur[0]);
         };
         let tail = decoder.finish();
         let mut updates = parser.push(&tail);
@@ -386,7 +438,7 @@ impl Guard {
         if verdict.is_err() && opts.force_verdict && stop != StopReason::Cancelled {
             // The last sampled token is part of the text unless it ended the turn.
             let pending: Vec<u32> = if stop == StopReason::EndOfTurn { vec![] } else { vec![next] };
-            let suffix = self.force_verdict(req, &pending)?;
+            let suffix = self.force_verdict(req, &pending).await?;
             let mut updates = parser.push(&suffix);
             let (rest, v) = parser.finish();
             updates.extend(rest);
@@ -406,7 +458,7 @@ impl Guard {
     /// Writes the verdict lines after whatever the model generated, choosing each open value by
     /// the model's own likelihood: SAFE vs UNSAFE, then (all-policies mode, UNSAFE) the most likely
     /// policy. `pending` are generated tokens not yet fed to the backend. Returns the added text.
-    fn force_verdict(&mut self, req: &GuardRequest, pending: &[u32]) -> Result<String> {
+    async fn force_verdict(&mut self, req: &GuardRequest, pending: &[u32]) -> Result<String> {
         use vigil_models::guard::{Mode, OutputFormat, Policy};
         let (open, close) = match req.format {
             OutputFormat::Rsft => ("\n\nClassification:", ""),
@@ -415,7 +467,7 @@ impl Guard {
         let labels = [" SAFE", " UNSAFE"];
         let mut feed = pending.to_vec();
         feed.extend(self.tokenizer.encode(open)?);
-        let label = self.choose(&feed, &labels)?;
+        let label = self.choose(&feed, &labels).await?;
         let mut text = format!("{open}{}", labels[label]);
         if req.mode == Mode::AllPolicies {
             if label == 1 {
@@ -423,7 +475,7 @@ impl Guard {
                 let feed = self.tokenizer.encode(" UNSAFE\nViolated policies:")?;
                 let names: Vec<String> = Policy::ALL.iter().map(|p| format!(" {}", p.name())).collect();
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                let best = self.choose(&feed, &refs)?;
+                let best = self.choose(&feed, &refs).await?;
                 text.push_str(&format!("\nViolated policies:{}", names[best]));
             } else {
                 text.push_str("\nViolated policies: none");
@@ -435,8 +487,8 @@ impl Guard {
 
     /// Feeds `prefix`, then scores each candidate continuation by its summed log-probability and
     /// returns the index of the best one. The backend is left holding `prefix` (nothing more).
-    fn choose(&mut self, prefix: &[u32], candidates: &[&str]) -> Result<usize> {
-        let logits = self.backend.forward(prefix)?;
+    async fn choose(&mut self, prefix: &[u32], candidates: &[&str]) -> Result<usize> {
+        let logits = self.backend.forward_async(prefix).await?;
         self.held.extend_from_slice(prefix);
         let base = self.backend.position();
         let mut best = (f64::NEG_INFINITY, 0);
@@ -444,7 +496,7 @@ impl Guard {
             let toks = self.tokenizer.encode(c)?;
             let mut lp = log_softmax_at(&logits, toks[0]);
             for w in toks.windows(2) {
-                let l = self.backend.forward(&[w[0]])?;
+                let l = self.backend.forward_async(&w[..1]).await?;
                 lp += log_softmax_at(&l, w[1]);
             }
             self.backend.truncate(base);
@@ -455,22 +507,63 @@ impl Guard {
         Ok(best.1)
     }
 
+    /// The prompt ids of one user message in the chat template (no guard prompt): for parity
+    /// tests and benchmarks.
+    pub fn chat_ids(&self, user: &str) -> Result<Vec<u32>> {
+        let msgs = [vigil_models::chat::Message::user(user)];
+        Ok(self.template.encode(&self.tokenizer, &msgs, true)?.ids)
+    }
+
+    /// `n` greedy tokens after `prompt`, from a fresh state (parity tests across backends).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn greedy(&mut self, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
+        pollster::block_on(self.greedy_async(prompt, n))
+    }
+
+    /// [`Guard::greedy`] as a future.
+    pub async fn greedy_async(&mut self, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
+        self.backend.truncate(0);
+        self.held.clear();
+        let mut sampler = Sampler::new(SamplingParams::greedy());
+        let mut out = vec![self.backend.forward_sample_async(prompt, &mut sampler).await?];
+        while out.len() < n {
+            let cur = [out[out.len() - 1]];
+            out.push(self.backend.forward_sample_async(&cur, &mut sampler).await?);
+        }
+        self.backend.truncate(0);
+        Ok(out)
+    }
+
     /// Runs a fixed token sequence (for benchmarks): prefill `prompt`, then `n` greedy steps.
     /// Returns (prefill time, decode time).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn run_tokens(&mut self, prompt: &[u32], n: usize) -> Result<(Duration, Duration)> {
+        pollster::block_on(self.run_tokens_async(prompt, n))
+    }
+
+    /// [`Guard::run_tokens`] as a future (the browser benchmark).
+    pub async fn run_tokens_async(&mut self, prompt: &[u32], n: usize) -> Result<(Duration, Duration)> {
         self.backend.truncate(0);
         self.held.clear();
         let mut sampler = Sampler::new(SamplingParams::greedy());
         let clock = Clock::start();
-        let mut next = self.backend.forward_sample(prompt, &mut sampler)?;
+        let mut next = self.backend.forward_sample_async(prompt, &mut sampler).await?;
         let prefill = clock.elapsed();
         for _ in 0..n {
-            next = self.backend.forward_sample(&[next], &mut sampler)?;
+            let cur = [next];
+            next = self.backend.forward_sample_async(&cur, &mut sampler).await?;
         }
         let total = clock.elapsed();
         self.backend.truncate(0);
         Ok((prefill, total - prefill))
     }
+}
+
+/// Lets the event loop run between decode steps in the browser, so a worker sees a cancel
+/// message while the CPU path generates (its steps never wait on anything). A no-op natively.
+async fn yield_now() {
+    #[cfg(target_arch = "wasm32")]
+    crate::web::yield_to_event_loop().await;
 }
 
 /// log softmax(logits)[id], in f64.

@@ -190,17 +190,25 @@ impl Gpu {
         self.map_read(&staging, bytes)
     }
 
-    /// Maps a MAP_READ buffer and copies its first `bytes` bytes out, blocking (native).
+    /// [`Gpu::map_read_async`], blocking (native).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn map_read(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        pollster::block_on(self.map_read_async(staging, bytes))
+    }
+
+    /// Maps a MAP_READ buffer and copies its first `bytes` bytes out. Natively this waits on the
+    /// device; in the browser the mapping resolves on the event loop, so this future must be
+    /// awaited there (never blocked on).
+    pub async fn map_read_async(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
         let slice = staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = futures_channel::oneshot::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
+        #[cfg(not(target_arch = "wasm32"))]
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| GpuError::Runtime(e.to_string()))?;
-        rx.recv()
-            .map_err(|e| GpuError::Runtime(e.to_string()))?
+        rx.await
+            .map_err(|_| GpuError::Runtime(self.failure().unwrap_or_else(|| "the buffer mapping was dropped".into())))?
             .map_err(|e| GpuError::Runtime(format!("mapping a buffer failed: {e}")))?;
         let out = slice.get_mapped_range().map_err(|e| GpuError::Runtime(e.to_string()))?[..bytes as usize].to_vec();
         staging.unmap();

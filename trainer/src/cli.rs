@@ -35,6 +35,27 @@ pub enum Command {
     Classify(ClassifyArgs),
     /// Measure prefill and decode speed (optionally next to llama.cpp's llama-bench).
     Bench(BenchArgs),
+    /// Greedy token ids after a prompt (one user message in the chat template): the reference the
+    /// browser and Node runtimes are checked against.
+    Tokens(TokensArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TokensArgs {
+    /// The user message.
+    pub prompt: String,
+    /// How many tokens to generate.
+    #[arg(long, short = 'n', default_value_t = 16)]
+    pub count: usize,
+    /// Use the guard prompt (system prompt, policies, the text as content to classify) instead
+    /// of a plain user message.
+    #[arg(long)]
+    pub guard: bool,
+    /// Print `{"prompt": …, "ids": […], "text": …}` instead of the ids alone.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 #[derive(Args, Debug)]

@@ -23,6 +23,7 @@ fn main() {
         cli::Command::FetchModel(a) => commands::fetch_model::run(a, &cli.global),
         cli::Command::Classify(a) => commands::classify::run(a, &cli.global),
         cli::Command::Bench(a) => commands::bench::run(a, &cli.global),
+        cli::Command::Tokens(a) => commands::tokens::run(a, &cli.global),
     };
     if let Err(e) = result {
         // A closed pipe (`vigil … | head`) is not an error.

@@ -47,14 +47,15 @@ pub struct Rotary {
 impl Rotary {
     pub fn new(base: f32, rope_dim: usize, start: usize, len: usize) -> Self {
         let half = rope_dim / 2;
-        let scale = base.powf(-2.0 / rope_dim as f32);
+        // sin, cos and pow in f64, rounded once: the same tables on every platform's libm
+        let scale = (base as f64).powf(-2.0 / rope_dim as f64) as f32;
         let mut cos = Vec::with_capacity(len * half);
         let mut sin = Vec::with_capacity(len * half);
         for p in start..start + len {
             let mut theta = p as f32;
             for _ in 0..half {
-                cos.push(theta.cos());
-                sin.push(theta.sin());
+                cos.push((theta as f64).cos() as f32);
+                sin.push((theta as f64).sin() as f32);
                 theta *= scale;
             }
         }
@@ -144,7 +145,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scal
     let h_kv = k.dim(1)?;
     let rep = h / h_kv;
     let qg = q.reshape((b, h_kv, rep * t, d))?;
-    let scores = (qg.matmul(&k.t()?)? * scale)?; // [b, h_kv, rep*t, l]
+    let scores = (rows_dot(&qg, k)? * scale)?; // [b, h_kv, rep*t, l]
     let scores = match mask {
         None => scores,
         Some(m) => {
@@ -154,7 +155,34 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scal
         }
     };
     let probs = softmax_last(&scores)?;
-    probs.matmul(v)?.reshape((b, h, t, d))
+    weighted_rows(&probs, v)?.reshape((b, h, t, d))
+}
+
+/// a [.., m, d] · b [.., n, d]ᵀ with the same arithmetic on every platform (f32; else candle's).
+fn rows_dot(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dtype() != DType::F32 || a.rank() < 3 {
+        return a.matmul(&b.t()?);
+    }
+    let (m, n) = (a.dim(D::Minus2)?, b.dim(D::Minus2)?);
+    let lead: Vec<usize> = a.dims()[..a.rank() - 2].to_vec();
+    let a3 = a.contiguous()?.reshape(((), m, a.dim(D::Minus1)?))?;
+    let b3 = b.contiguous()?.reshape(((), n, b.dim(D::Minus1)?))?;
+    let mut shape = lead;
+    shape.extend([m, n]);
+    a3.apply_op2(&b3, super::fused::RowDots)?.reshape(shape)
+}
+
+/// p [.., m, l] · v [.., l, d] with the same arithmetic on every platform (f32; else candle's).
+fn weighted_rows(p: &Tensor, v: &Tensor) -> Result<Tensor> {
+    if p.dtype() != DType::F32 || p.rank() < 3 {
+        return p.matmul(v);
+    }
+    let (m, l, d) = (p.dim(D::Minus2)?, p.dim(D::Minus1)?, v.dim(D::Minus1)?);
+    let mut shape: Vec<usize> = p.dims()[..p.rank() - 2].to_vec();
+    shape.extend([m, d]);
+    let p3 = p.contiguous()?.reshape(((), m, l))?;
+    let v3 = v.contiguous()?.reshape(((), l, d))?;
+    p3.apply_op2(&v3, super::fused::WeightedRows)?.reshape(shape)
 }
 
 /// SwiGLU / GeGLU gate: act(gate) · up.

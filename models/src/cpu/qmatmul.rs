@@ -105,6 +105,110 @@ fn dot_portable(ty: GgmlType, w: &[u8], x: &[Q8Block]) -> f32 {
     hsum8(acc) + summs
 }
 
+/// wasm SIMD (simd128) rows. Sums in the portable path's order; its `mul_add` (software in wasm,
+/// which has no FMA) is done in f64, where d·s is exact, so the result is the fused one except for
+/// a double-rounding tie (a ~2⁻²⁹ event per step).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm {
+    use core::arch::wasm32::*;
+
+    use half::f16;
+
+    use super::{GgmlType, Q8Block};
+
+    /// The 32 values of a weight block as two i8x16 (values 0..16 and 16..32).
+    #[inline(always)]
+    unsafe fn block(ty: GgmlType, wb: *const u8) -> (v128, v128) {
+        match ty {
+            GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                let off = if ty == GgmlType::Q4_0 { 2 } else { 4 };
+                let b = v128_load(wb.add(off) as *const v128);
+                let lo = v128_and(b, u8x16_splat(0x0f));
+                let hi = u8x16_shr(b, 4);
+                if ty == GgmlType::Q4_0 {
+                    (i8x16_sub(lo, i8x16_splat(8)), i8x16_sub(hi, i8x16_splat(8)))
+                } else {
+                    (lo, hi)
+                }
+            }
+            _ => (v128_load(wb.add(2) as *const v128), v128_load(wb.add(18) as *const v128)),
+        }
+    }
+
+    /// Integer dot products of 4 consecutive values: lanes 0..4 and 4..8 of the portable path.
+    #[inline(always)]
+    unsafe fn quads(w: (v128, v128), x: &Q8Block) -> (v128, v128) {
+        let x0 = v128_load(x.qs.as_ptr() as *const v128);
+        let x1 = v128_load(x.qs.as_ptr().add(16) as *const v128);
+        let pairs = |w: v128, x: v128| {
+            (
+                i32x4_dot_i16x8(i16x8_extend_low_i8x16(w), i16x8_extend_low_i8x16(x)),
+                i32x4_dot_i16x8(i16x8_extend_high_i8x16(w), i16x8_extend_high_i8x16(x)),
+            )
+        };
+        let (p0, p1) = pairs(w.0, x0);
+        let (p2, p3) = pairs(w.1, x1);
+        (
+            i32x4_add(i32x4_shuffle::<0, 2, 4, 6>(p0, p1), i32x4_shuffle::<1, 3, 5, 7>(p0, p1)),
+            i32x4_add(i32x4_shuffle::<0, 2, 4, 6>(p2, p3), i32x4_shuffle::<1, 3, 5, 7>(p2, p3)),
+        )
+    }
+
+    /// acc + d·s per lane, rounded once to f32 from exact f64 products.
+    #[inline(always)]
+    fn fma4(d: f64, s: v128, acc: v128) -> v128 {
+        let dd = f64x2_splat(d);
+        let lo = f64x2_add(f64x2_mul(dd, f64x2_convert_low_i32x4(s)), f64x2_promote_low_f32x4(acc));
+        let s_hi = i32x4_shuffle::<2, 3, 2, 3>(s, s);
+        let a_hi = i32x4_shuffle::<2, 3, 2, 3>(acc, acc);
+        let hi = f64x2_add(f64x2_mul(dd, f64x2_convert_low_i32x4(s_hi)), f64x2_promote_low_f32x4(a_hi));
+        i32x4_shuffle::<0, 1, 4, 5>(f32x4_demote_f64x2_zero(lo), f32x4_demote_f64x2_zero(hi))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn rows(
+        ty: GgmlType,
+        w: &[u8],
+        rb: usize,
+        xq: &[Q8Block],
+        nb: usize,
+        m: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) {
+        let ts = ty.type_size();
+        for j in 0..cols {
+            let row = w.as_ptr().add(j * rb);
+            let mut acc = [(f32x4_splat(0.0), f32x4_splat(0.0)); 4];
+            let mut summs = [0f32; 4];
+            for b in 0..nb {
+                let wb = row.add(b * ts);
+                let wd = f16::from_bits(u16::from_le_bytes([*wb, *wb.add(1)])).to_f32();
+                let wm = (ty == GgmlType::Q4_1).then(|| f16::from_bits(u16::from_le_bytes([*wb.add(2), *wb.add(3)])));
+                let vals = block(ty, wb);
+                for i in 0..m {
+                    let xb = &xq[i * nb + b];
+                    if let Some(wm) = wm {
+                        summs[i] += wm.to_f32() * xb.s;
+                    }
+                    let d = (wd * xb.d) as f64;
+                    let (q03, q47) = quads(vals, xb);
+                    acc[i] = (fma4(d, q03, acc[i].0), fma4(d, q47, acc[i].1));
+                }
+            }
+            for i in 0..m {
+                // ggml's hsum of 8 lanes: (i + i+4), then (0+2, 1+3), then 0+1
+                let r = f32x4_add(acc[i].0, acc[i].1);
+                let (r0, r1) = (
+                    f32x4_extract_lane::<0>(r) + f32x4_extract_lane::<2>(r),
+                    f32x4_extract_lane::<1>(r) + f32x4_extract_lane::<3>(r),
+                );
+                out[i * cols + j] = (r0 + r1) + summs[i];
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     //! The block formats are types ([`Kind`]) and the byte dot product a strategy ([`Lanes`]), so
@@ -390,6 +494,15 @@ fn rows(ty: GgmlType, w: &[u8], rb: usize, xq: &[Q8Block], nb: usize, m: usize, 
         }
         return;
     }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        // SAFETY: simd128 is enabled for this build; the slices hold `cols` rows of `rb` bytes and
+        // m·nb activation blocks (checked by `matmul`).
+        unsafe { wasm::rows(ty, w, rb, xq, nb, m, cols, out) };
+        #[allow(clippy::needless_return)]
+        return;
+    }
+    #[allow(unreachable_code)]
     for j in 0..cols {
         for i in 0..m {
             out[i * cols + j] = dot_portable(ty, &w[j * rb..(j + 1) * rb], &xq[i * nb..(i + 1) * nb]);

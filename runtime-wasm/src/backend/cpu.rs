@@ -49,9 +49,9 @@ impl Backend for CpuBackend {
     fn truncate(&mut self, n: usize) {
         self.cache.truncate(n);
     }
-    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let logits = self.model.forward(tokens, Some(&mut self.cache), Logits::Last)?;
-        Llama::logits_vec(&logits)
+    fn forward_async<'a>(&'a mut self, tokens: &'a [u32]) -> super::StepFuture<'a, Vec<f32>> {
+        let logits = self.model.forward(tokens, Some(&mut self.cache), Logits::Last).and_then(|l| Llama::logits_vec(&l));
+        Box::pin(std::future::ready(logits))
     }
     fn set_adapter(&mut self, adapter: Option<&LoraAdapter>) -> Result<()> {
         self.model.set_adapter(adapter)?;

@@ -24,7 +24,7 @@ use vigil_models::gguf::Gguf;
 use vigil_models::lora::LoraAdapter;
 use vigil_models::{Error, Result};
 
-use super::Backend;
+use super::{Backend, StepFuture};
 
 /// Most tokens one step processes (prompts are prefilled in chunks of this size).
 pub const TMAX: usize = 128;
@@ -504,8 +504,9 @@ impl GpuBackend {
         self.kv_elem == 2
     }
 
-    /// Runs `tokens` (at most TMAX) at the current position; the sample op uses `sample`.
-    fn run(&mut self, tokens: &[u32], sample: SampleParams, rand: f32, want_logits: bool) -> Result<StepOut> {
+    /// Records and submits `tokens` (at most TMAX) at the current position; the sample op uses
+    /// `sample`. The result is read by [`GpuBackend::read`] after the last chunk.
+    fn run(&mut self, tokens: &[u32], sample: SampleParams, rand: f32, want_logits: bool) {
         let t = tokens.len();
         let l = self.pos + t;
         let gpu = &self.gpu;
@@ -543,16 +544,15 @@ impl GpuBackend {
         }
         gpu.queue.submit([enc.finish()]);
         self.pos = l;
-        self.read(want_logits)
     }
 
-    #[cfg(not(target_arch = "wasm32"))]
-    fn read(&self, want_logits: bool) -> Result<StepOut> {
+    /// Reads back what the last submitted step left: the token id, and the logits if copied.
+    async fn read(&self, want_logits: bool) -> Result<StepOut> {
         let gpu = &self.gpu;
-        let id = gpu.map_read(&self.s.result_read, 4).map_err(gpu_err)?;
+        let id = gpu.map_read_async(&self.s.result_read, 4).await.map_err(gpu_err)?;
         let token = u32::from_le_bytes(id.try_into().map_err(|_| Error::Device("GPU: short read".into()))?);
         let logits = if want_logits {
-            let b = gpu.map_read(&self.s.logits_read, (self.cfg.vocab_size * 4) as u64).map_err(gpu_err)?;
+            let b = gpu.map_read_async(&self.s.logits_read, (self.cfg.vocab_size * 4) as u64).await.map_err(gpu_err)?;
             Some(b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
         } else {
             None
@@ -560,13 +560,8 @@ impl GpuBackend {
         Ok(StepOut { token, logits })
     }
 
-    #[cfg(target_arch = "wasm32")]
-    fn read(&self, _want_logits: bool) -> Result<StepOut> {
-        Err(Error::Input("the GPU backend reads results asynchronously in the browser (not wired yet)".into()))
-    }
-
     /// Feeds a prompt of any length in chunks; returns what the last chunk gives.
-    fn feed(&mut self, tokens: &[u32], sample: SampleParams, rand: f32, want_logits: bool) -> Result<StepOut> {
+    async fn feed(&mut self, tokens: &[u32], sample: SampleParams, rand: f32, want_logits: bool) -> Result<StepOut> {
         if tokens.is_empty() {
             return Err(Error::Input("no tokens to run".into()));
         }
@@ -582,12 +577,12 @@ impl GpuBackend {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
             return Err(Error::Input(format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab_size)));
         }
-        let mut out = StepOut { token: 0, logits: None };
         let chunks: Vec<&[u32]> = tokens.chunks(TMAX).collect();
         for (i, c) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
-            out = self.run(c, sample, rand, want_logits && last)?;
+            self.run(c, sample, rand, want_logits && last);
         }
+        let out = self.read(want_logits).await?;
         if let Some(f) = self.gpu.failure() {
             return Err(Error::Device(format!("GPU: {f}")));
         }
@@ -616,11 +611,16 @@ impl Backend for GpuBackend {
         // the cache rows past n are simply overwritten by the next tokens
         self.pos = self.pos.min(n);
     }
-    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+    fn forward_async<'a>(&'a mut self, tokens: &'a [u32]) -> StepFuture<'a, Vec<f32>> {
         let greedy = SampleParams { vocab: self.cfg.vocab_size as u32, top_k: 1, temperature: 0.0, top_p: 1.0 };
-        self.feed(tokens, greedy, 0.0, true)?.logits.ok_or_else(|| Error::Input("GPU: no logits read back".into()))
+        Box::pin(async move {
+            self.feed(tokens, greedy, 0.0, true)
+                .await?
+                .logits
+                .ok_or_else(|| Error::Input("GPU: no logits read back".into()))
+        })
     }
-    fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler) -> Result<u32> {
+    fn forward_sample_async<'a>(&'a mut self, tokens: &'a [u32], sampler: &'a mut Sampler) -> StepFuture<'a, u32> {
         let p = sampler.params();
         let greedy = p.temperature <= 0.0 || p.top_k == 1;
         let sample = SampleParams {
@@ -636,7 +636,7 @@ impl Backend for GpuBackend {
             top_p: p.top_p,
         };
         let rand = if greedy { 0.0 } else { sampler.uniform() };
-        Ok(self.feed(tokens, sample, rand, false)?.token)
+        Box::pin(async move { Ok(self.feed(tokens, sample, rand, false).await?.token) })
     }
     fn set_adapter(&mut self, adapter: Option<&LoraAdapter>) -> Result<()> {
         let mut ops: HashMap<usize, Vec<Op>> = HashMap::new();

@@ -70,7 +70,7 @@ pub fn run(args: ClassifyArgs, _g: &Global) -> Result<()> {
         match result {
             Ok(outcome) => {
                 if args.json {
-                    let mut o = outcome_json(&outcome);
+                    let mut o = outcome.to_json();
                     if let Some(id) = &input.id {
                         o["id"] = id.clone();
                     }
@@ -237,29 +237,6 @@ fn print_verdict(o: &Outcome) -> Result<()> {
         s.prompt_tokens, s.reused_tokens, s.generated_tokens, s.prefill_ms, s.decode_tok_s, o.stop
     );
     Ok(())
-}
-
-fn outcome_json(o: &Outcome) -> serde_json::Value {
-    match &o.verdict {
-        Ok(v) => json!({
-            "label": v.label.lower(),
-            "policies": v.policies.iter().map(|p| p.name()).collect::<Vec<_>>(),
-            "reasoning": v.reasoning,
-            "raw": o.raw,
-            "forced": o.forced,
-            "stop": o.stop,
-            "stats": o.stats,
-        }),
-        Err(e) => json!({
-            "label": "unparseable",
-            "policies": [],
-            "reasoning": "",
-            "raw": o.raw,
-            "error": e.reason,
-            "stop": o.stop,
-            "stats": o.stats,
-        }),
-    }
 }
 
 #[cfg(test)]

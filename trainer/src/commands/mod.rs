@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod classify;
 pub mod fetch_model;
+pub mod tokens;
 
 use std::path::{Path, PathBuf};
 
