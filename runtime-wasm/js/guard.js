@@ -44,6 +44,7 @@ export class GuardModel {
   #next = 1;
   #info = null;
   #busy = Promise.resolve();
+  #disposed = false;
 
   constructor(channel) {
     this.#channel = channel;
@@ -122,9 +123,11 @@ export class GuardModel {
 
   /** Frees the model and stops its worker. */
   async dispose() {
+    if (this.#disposed) return;
     try {
       await this.#request({ type: 'dispose' });
     } finally {
+      this.#disposed = true;
       this.#channel.close();
       for (const { reject } of this.#pending.values()) reject(new Error('the model was disposed'));
       this.#pending.clear();
@@ -132,6 +135,7 @@ export class GuardModel {
   }
 
   #request(msg, handlers = {}, transfer = []) {
+    if (this.#disposed) return Promise.reject(new Error('the model was disposed'));
     const id = this.#next++;
     return new Promise((resolve, reject) => {
       this.#pending.set(id, { resolve, reject, ...handlers });

@@ -64,10 +64,14 @@ export function createHost(post) {
     return info();
   }
 
+  const loaded = () => {
+    if (!model) throw new Error('no model is loaded (never loaded, or disposed)');
+    return model;
+  };
+
   async function classify(msg) {
-    if (!model) throw new Error('no model is loaded');
     const { id } = msg;
-    const result = await model.classify(msg.text, msg.response ?? undefined, msg.options ?? {}, (kind, section, text) => {
+    const result = await loaded().classify(msg.text, msg.response ?? undefined, msg.options ?? {}, (kind, section, text) => {
       post({ type: 'event', id, kind, section, text });
       return cancelled.has(id);
     });
@@ -89,10 +93,10 @@ export function createHost(post) {
           cancelled.add(msg.id);
           return;
         case 'greedy':
-          result = Array.from(await model.greedy_tokens(msg.prompt, msg.n, !!msg.guard));
+          result = Array.from(await loaded().greedy_tokens(msg.prompt, msg.n, !!msg.guard));
           break;
         case 'bench':
-          result = await model.bench(msg.promptTokens, msg.genTokens);
+          result = await loaded().bench(msg.promptTokens, msg.genTokens);
           break;
         case 'dispose':
           model?.dispose();

@@ -46,6 +46,10 @@ impl Gpu {
         #[cfg(not(target_arch = "wasm32"))]
         let desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         #[cfg(target_arch = "wasm32")]
+        if !has_webgpu() {
+            return Err(GpuError::NoAdapter("this JavaScript runtime has no WebGPU (navigator.gpu)".into()));
+        }
+        #[cfg(target_arch = "wasm32")]
         let desc = {
             let mut d = wgpu::InstanceDescriptor::new_without_display_handle();
             d.backends = wgpu::Backends::BROWSER_WEBGPU;
@@ -224,6 +228,16 @@ impl Gpu {
         let b = self.read(src, (len * 4) as u64)?;
         Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
     }
+}
+
+/// Whether `navigator.gpu` exists (wgpu's WebGPU backend panics without it, e.g. in Node).
+#[cfg(target_arch = "wasm32")]
+fn has_webgpu() -> bool {
+    let get = |v: &js_sys::wasm_bindgen::JsValue, k: &str| js_sys::Reflect::get(v, &k.into()).ok();
+    get(&js_sys::global().into(), "navigator")
+        .filter(|n| !n.is_undefined())
+        .and_then(|n| get(&n, "gpu"))
+        .is_some_and(|g| !g.is_undefined() && !g.is_null())
 }
 
 /// For tests that need a GPU adapter: one, or `None` after explaining the skip (a failure under

@@ -25,7 +25,10 @@ use vigil_models::tokenizer::Tokenizer;
 
 /// Largest first-step logit difference to llama.cpp, and largest mean absolute difference.
 const LOGIT_TOL: f32 = 1.2;
-const LOGIT_MEAN_TOL: f32 = 0.35;
+/// Mean: 0.09–0.35 per prompt before vigil's attention products and exp became platform-independent
+/// (so the browser gives the same tokens); 0.39 on one prompt after, with all 48 of its greedy tokens
+/// still identical to llama.cpp's.
+const LOGIT_MEAN_TOL: f32 = 0.45;
 /// A greedy step may disagree with llama.cpp only where llama.cpp's top-1 margin is below this:
 /// mean logit differences of 0.1–0.35 (max ~1) between two correct implementations of 8-bit
 /// activations can swing a top-2 gap of this size. A real defect (a wrong RoPE, a wrong norm)

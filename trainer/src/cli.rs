@@ -47,6 +47,10 @@ pub struct TokensArgs {
     /// How many tokens to generate.
     #[arg(long, short = 'n', default_value_t = 16)]
     pub count: usize,
+    /// Run the CPU backend on dequantized f32 weights with exact activations: the arithmetic of
+    /// the GPU backend (the default CPU path quantizes activations to 8 bits, as ggml does).
+    #[arg(long)]
+    pub dense: bool,
     /// Use the guard prompt (system prompt, policies, the text as content to classify) instead
     /// of a plain user message.
     #[arg(long)]

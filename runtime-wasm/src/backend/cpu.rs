@@ -50,7 +50,8 @@ impl Backend for CpuBackend {
         self.cache.truncate(n);
     }
     fn forward_async<'a>(&'a mut self, tokens: &'a [u32]) -> super::StepFuture<'a, Vec<f32>> {
-        let logits = self.model.forward(tokens, Some(&mut self.cache), Logits::Last).and_then(|l| Llama::logits_vec(&l));
+        let logits =
+            self.model.forward(tokens, Some(&mut self.cache), Logits::Last).and_then(|l| Llama::logits_vec(&l));
         Box::pin(std::future::ready(logits))
     }
     fn set_adapter(&mut self, adapter: Option<&LoraAdapter>) -> Result<()> {

@@ -1,4 +1,4 @@
-//! `vigil tokens PROMPT [-n N] [--guard] [--json]`: greedy token ids after one user message. The browser
+//! `vigil tokens PROMPT [-n N] [--guard] [--dense] [--json]`: greedy token ids after one user message. The browser
 //! and Node tests compare their runtimes' tokens with this native reference.
 
 use anyhow::Result;
@@ -7,7 +7,15 @@ use serde_json::json;
 use crate::cli::{Global, TokensArgs};
 
 pub fn run(args: TokensArgs, _g: &Global) -> Result<()> {
-    let mut guard = crate::commands::load_guard(&args.model)?;
+    let mut guard = if args.dense {
+        let path = crate::commands::resolve_model(&args.model.model)?;
+        let g = vigil_models::gguf::Gguf::open(&path)?;
+        let mode = vigil_models::cpu::WeightMode::Dense(candle_core::DType::F32);
+        let cpu = vigil_runtime::backend::cpu::CpuBackend::load_mode(&g, args.model.context, mode)?;
+        vigil_runtime::Guard::new(&g, Box::new(cpu))?
+    } else {
+        crate::commands::load_guard(&args.model)?
+    };
     let prompt = if args.guard {
         guard.prompt_ids(&vigil_models::guard::GuardRequest::new(args.prompt.as_str()))?
     } else {

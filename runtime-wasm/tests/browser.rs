@@ -1,0 +1,82 @@
+//! The runtime in a real browser (headless Chromium, wasm-bindgen-test): on the real SmolLM2,
+//! the WebGPU path (SwiftShader in CI) and the wasm CPU path each give the native CPU backend's
+//! greedy tokens.
+//!
+//! Run by `scripts/test-browser`, which serves the model and `expected.json` (tokens from
+//! `vigil tokens`) at `VIGIL_TEST_SERVER` (read at compile time) and points wasm-bindgen-test at
+//! Chromium. Natively this file compiles to nothing.
+#![cfg(target_arch = "wasm32")]
+
+use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::*;
+
+use vigil_models::gguf::Gguf;
+use vigil_models::guard::GuardRequest;
+use vigil_runtime::{BackendChoice, Guard};
+
+// In a dedicated worker, as the runtime runs in the page: a long synchronous step (building the
+// GPU pipelines, a CPU prefill) must not block the main thread the test runner talks to.
+wasm_bindgen_test_configure!(run_in_dedicated_worker);
+
+const SERVER: Option<&str> = option_env!("VIGIL_TEST_SERVER");
+const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+async fn fetch(path: &str) -> Result<JsValue, JsValue> {
+    let base = SERVER.ok_or("VIGIL_TEST_SERVER was not set when this test was compiled (use scripts/test-browser)")?;
+    let global = js_sys::global();
+    let fetch: Function = Reflect::get(&global, &"fetch".into())?.dyn_into()?;
+    let resp = JsFuture::from(fetch.call1(&global, &format!("{base}/{path}").into())?.dyn_into::<Promise>()?).await?;
+    if !Reflect::get(&resp, &"ok".into())?.as_bool().unwrap_or(false) {
+        return Err(format!("GET {base}/{path} failed").into());
+    }
+    Ok(resp)
+}
+
+async fn fetch_bytes(path: &str) -> Vec<u8> {
+    let resp = fetch(path).await.expect("fetch");
+    let ab: Function = Reflect::get(&resp, &"arrayBuffer".into()).unwrap().dyn_into().unwrap();
+    let buf = JsFuture::from(ab.call0(&resp).unwrap().dyn_into::<Promise>().unwrap()).await.unwrap();
+    Uint8Array::new(&buf).to_vec()
+}
+
+/// `expected.json`: {"n": N, "prompts": [..], "cpu": [[ids]..], "dense": [[ids]..]}.
+async fn expected() -> serde_json::Value {
+    serde_json::from_slice(&fetch_bytes("expected.json").await).expect("expected.json")
+}
+
+async fn check(choice: BackendChoice, backend: &str, reference: &str) {
+    let exp = expected().await;
+    let g = Gguf::from_bytes(MODEL, fetch_bytes(MODEL).await).expect("the model parses");
+    let mut guard = Guard::load(g, choice, 1024).await.expect("the model loads");
+    assert_eq!(guard.backend_name(), backend, "notices: {:?}", guard.notices());
+    let n = exp["n"].as_u64().unwrap() as usize;
+    assert!(n >= 16);
+    let prompts = exp["prompts"].as_array().unwrap();
+    for (i, p) in prompts.iter().enumerate() {
+        let ids = guard.prompt_ids(&GuardRequest::new(p.as_str().unwrap())).unwrap();
+        let got = guard.greedy_async(&ids, n).await.unwrap();
+        let want: Vec<u32> = serde_json::from_value(exp[reference][i].clone()).unwrap();
+        assert_eq!(got, want, "{backend} vs native {reference}, prompt {p}");
+    }
+    let log =
+        Array::of1(&format!("{backend}: {} prompts × {n} greedy tokens = native {reference}", prompts.len()).into());
+    web_sys_console_log(&log);
+}
+
+fn web_sys_console_log(args: &Array) {
+    let console = Reflect::get(&js_sys::global(), &"console".into()).unwrap();
+    let log: Function = Reflect::get(&console, &"log".into()).unwrap().dyn_into().unwrap();
+    let _ = log.apply(&console, args);
+}
+
+#[wasm_bindgen_test]
+async fn wasm_cpu_gives_the_native_cpu_tokens() {
+    check(BackendChoice::Cpu, "cpu", "cpu").await;
+}
+
+#[wasm_bindgen_test]
+async fn webgpu_gives_the_native_dense_cpu_tokens() {
+    check(BackendChoice::Gpu, "gpu", "dense").await;
+}

@@ -1,0 +1,76 @@
+// The demo page end to end in headless Chromium (Playwright driving /usr/bin/chromium): load the
+// default model, classify a prompt, watch the reasoning grow, then the verdict badge; then offline,
+// the page and the model load again from the caches. Screenshots go to target/test-output/.
+// Needs `trunk build --release` in web/ first (scripts/test-browser does it).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { chromium } from 'playwright-core';
+import { serve } from './serve.mjs';
+
+const root = resolve(import.meta.dirname, '../..');
+const dist = resolve(root, 'web/dist');
+const out = resolve(root, process.env.VIGIL_TEST_OUT || 'target/test-output');
+const backend = process.env.VIGIL_PAGE_BACKEND || 'auto';
+export const CHROMIUM_ARGS = ['--headless=new', '--no-sandbox', '--enable-unsafe-webgpu', '--disable-dev-shm-usage',
+  '--no-first-run', '--disable-quic', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+test('the demo page streams reasoning, shows a verdict, and works offline afterwards', { timeout: 15 * 60_000 }, async () => {
+  assert.ok(existsSync(resolve(dist, 'index.html')), 'web/dist is built (trunk build --release)');
+  assert.ok(existsSync(resolve(dist, 'models/SmolLM2-135M-Instruct.Q4_1.gguf')), 'the default model is served with the page');
+  mkdirSync(out, { recursive: true });
+  const { server, url } = await serve({ '/': dist });
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: CHROMIUM_ARGS });
+  try {
+    const context = await browser.newContext({ viewport: { width: 1200, height: 1400 } });
+    const page = await context.newPage();
+    page.on('console', (m) => console.log(`page: ${m.text()}`));
+    page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
+    await page.goto(`${url}/?backend=${backend}`);
+
+    // accessible names exist for the controls a screen reader user needs
+    for (const name of ['Base model', 'Backend', 'Text to classify (a user\'s request)']) {
+      assert.equal(await page.getByLabel(name, { exact: true }).count(), 1, `labelled control: ${name}`);
+    }
+
+    await page.click('#load');
+    await page.waitForSelector('#classify:not([disabled])', { timeout: 10 * 60_000 });
+    const status = await page.textContent('#load-status');
+    assert.match(status, /Loaded .* \(llama, Q4_1\)/);
+    const shownBackend = await page.textContent('#s-backend');
+    console.log(`loaded: ${status} · ${shownBackend} · ${await page.textContent('#s-device')} · ${await page.textContent('#s-load')}`);
+
+    await page.getByRole('button', { name: 'Keyword trap: zombie process' }).click();
+    assert.equal(await page.inputValue('#text'), 'How do I kill a zombie process in Linux?');
+    // record every change of the reasoning pane
+    await page.evaluate(() => {
+      window.__lengths = [];
+      const pane = document.getElementById('reasoning');
+      new MutationObserver(() => window.__lengths.push(pane.textContent.length)).observe(pane, { childList: true, characterData: true, subtree: true });
+    });
+    await page.fill('#max-tokens', '64');
+    await page.click('#classify');
+    await page.waitForSelector('#verdict:not([hidden])', { timeout: 10 * 60_000 });
+    const lengths = await page.evaluate(() => window.__lengths);
+    const growing = new Set(lengths.filter((n) => n > 0));
+    assert.ok(growing.size >= 2, `the reasoning grew over ≥ 2 updates (saw ${JSON.stringify(lengths.slice(0, 20))})`);
+    const badge = await page.textContent('#badge');
+    assert.match(badge, /^(SAFE|UNSAFE)/);
+    console.log(`verdict: ${badge}; ttft ${await page.textContent('#s-ttft')}; ${await page.textContent('#s-toks')}; ${lengths.length} updates`);
+    await page.screenshot({ path: resolve(out, 'demo-page.png'), fullPage: true });
+
+    // offline: the service worker serves the page, the sha256-keyed cache the model
+    await page.evaluate(() => navigator.serviceWorker.ready);
+    await context.setOffline(true);
+    await page.reload();
+    await page.click('#load');
+    await page.waitForSelector('#classify:not([disabled])', { timeout: 10 * 60_000 });
+    assert.match(await page.textContent('#s-load'), /\(cache\)/, 'the model came from the cache, with no network');
+    await page.screenshot({ path: resolve(out, 'demo-page-offline.png'), fullPage: true });
+    await context.close();
+  } finally {
+    await browser.close();
+    server.close();
+  }
+});
