@@ -224,6 +224,115 @@ pub fn is_f32(x: &Tensor) -> bool {
     x.dtype() == DType::F32
 }
 
+/// e^x computed in f64 and rounded once: the same bits on every platform (glibc, musl and the
+/// wasm `libm` give f32 `exp` results that differ in the last place, which is enough to flip a
+/// greedy token of a 135M model between the native and the browser runtimes).
+#[inline]
+pub fn exp_portable(x: f32) -> f32 {
+    (x as f64).exp() as f32
+}
+
+/// Rows of `a` [B, M, D] dotted with rows of `b` [B, L, D] → [B, M, L] (attention scores q·kᵀ).
+///
+/// A fixed summation order on every platform (8 lanes, then a fixed tree), unlike candle's gemm
+/// whose kernels differ per CPU (FMA on x86, none in wasm); the lanes still vectorise.
+pub struct RowDots;
+
+/// `p` [B, M, L] times `v` [B, L, D] → [B, M, D] (attention-weighted values), summed over L in
+/// order for every output element (vectorised across D).
+pub struct WeightedRows;
+
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    for (l, (x, y)) in ar.iter().zip(br).enumerate() {
+        acc[l] += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+fn dims3(l: &Layout, op: &str) -> Result<(usize, usize, usize)> {
+    match *l.dims() {
+        [b, m, n] => Ok((b, m, n)),
+        ref d => candle_core::bail!("{op}: expected a rank-3 tensor, got {d:?}"),
+    }
+}
+
+/// Output rows of a [B, M, ·] result computed in parallel by the thread team.
+fn par_rows(out: &mut [f32], row_len: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    #[derive(Clone, Copy)]
+    struct Out(*mut f32);
+    // SAFETY: each task writes only its own row.
+    unsafe impl Send for Out {}
+    unsafe impl Sync for Out {}
+    let rows = out.len().checked_div(row_len).unwrap_or(0);
+    let ptr = Out(out.as_mut_ptr());
+    super::team::global().run(rows, &|r| {
+        let p = ptr;
+        let row = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * row_len), row_len) };
+        f(r, row);
+    });
+}
+
+impl CustomOp2 for RowDots {
+    fn name(&self) -> &'static str {
+        "row-dots"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let ((b, m, d), (b2, n, d2)) = (dims3(l1, self.name())?, dims3(l2, self.name())?);
+        if b != b2 || d != d2 {
+            candle_core::bail!("row-dots: {:?} · {:?}ᵀ do not match", l1.dims(), l2.dims());
+        }
+        let (x, y) = (f32_input(s1, l1, self.name())?, f32_input(s2, l2, self.name())?);
+        let mut out = vec![0f32; b * m * n];
+        par_rows(&mut out, n, &|r, row| {
+            let bi = r / m.max(1);
+            let q = &x[r * d..(r + 1) * d];
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = dot_lanes(q, &y[(bi * n + j) * d..(bi * n + j + 1) * d]);
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, m, n))))
+    }
+    fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(g.matmul(b)?), Some(g.transpose(1, 2)?.matmul(a)?)))
+    }
+}
+
+impl CustomOp2 for WeightedRows {
+    fn name(&self) -> &'static str {
+        "weighted-rows"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let ((b, m, l), (b2, l2n, d)) = (dims3(l1, self.name())?, dims3(l2, self.name())?);
+        if b != b2 || l != l2n {
+            candle_core::bail!("weighted-rows: {:?} · {:?} do not match", l1.dims(), l2.dims());
+        }
+        let (p, v) = (f32_input(s1, l1, self.name())?, f32_input(s2, l2, self.name())?);
+        let mut out = vec![0f32; b * m * d];
+        par_rows(&mut out, d, &|r, row| {
+            let bi = r / m.max(1);
+            for (j, &w) in p[r * l..(r + 1) * l].iter().enumerate() {
+                let vr = &v[(bi * l + j) * d..(bi * l + j + 1) * d];
+                for (o, &x) in row.iter_mut().zip(vr) {
+                    *o += w * x;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, m, d))))
+    }
+    fn bwd(&self, p: &Tensor, v: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(g.matmul(&v.transpose(1, 2)?)?), Some(p.transpose(1, 2)?.matmul(g)?)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,114 +396,5 @@ mod tests {
         let (a, b) = (g1.get(&x).unwrap(), g2.get(&x).unwrap());
         let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-4, "gradient differs by {diff}");
-    }
-}
-
-/// e^x computed in f64 and rounded once: the same bits on every platform (glibc, musl and the
-/// wasm `libm` give f32 `exp` results that differ in the last place, which is enough to flip a
-/// greedy token of a 135M model between the native and the browser runtimes).
-#[inline]
-pub fn exp_portable(x: f32) -> f32 {
-    (x as f64).exp() as f32
-}
-
-/// Rows of `a` [B, M, D] dotted with rows of `b` [B, L, D] → [B, M, L] (attention scores q·kᵀ).
-///
-/// A fixed summation order on every platform (8 lanes, then a fixed tree), unlike candle's gemm
-/// whose kernels differ per CPU (FMA on x86, none in wasm); the lanes still vectorise.
-pub struct RowDots;
-
-/// `p` [B, M, L] times `v` [B, L, D] → [B, M, D] (attention-weighted values), summed over L in
-/// order for every output element (vectorised across D).
-pub struct WeightedRows;
-
-#[inline(always)]
-fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    for (l, (x, y)) in ar.iter().zip(br).enumerate() {
-        acc[l] += x * y;
-    }
-    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
-}
-
-fn dims3(l: &Layout, op: &str) -> Result<(usize, usize, usize)> {
-    match *l.dims() {
-        [b, m, n] => Ok((b, m, n)),
-        ref d => candle_core::bail!("{op}: expected a rank-3 tensor, got {d:?}"),
-    }
-}
-
-/// Output rows of a [B, M, ·] result computed in parallel by the thread team.
-fn par_rows(out: &mut [f32], row_len: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
-    #[derive(Clone, Copy)]
-    struct Out(*mut f32);
-    // SAFETY: each task writes only its own row.
-    unsafe impl Send for Out {}
-    unsafe impl Sync for Out {}
-    let rows = if row_len == 0 { 0 } else { out.len() / row_len };
-    let ptr = Out(out.as_mut_ptr());
-    super::team::global().run(rows, &|r| {
-        let p = ptr;
-        let row = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * row_len), row_len) };
-        f(r, row);
-    });
-}
-
-impl CustomOp2 for RowDots {
-    fn name(&self) -> &'static str {
-        "row-dots"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let ((b, m, d), (b2, n, d2)) = (dims3(l1, self.name())?, dims3(l2, self.name())?);
-        if b != b2 || d != d2 {
-            candle_core::bail!("row-dots: {:?} · {:?}ᵀ do not match", l1.dims(), l2.dims());
-        }
-        let (x, y) = (f32_input(s1, l1, self.name())?, f32_input(s2, l2, self.name())?);
-        let mut out = vec![0f32; b * m * n];
-        par_rows(&mut out, n, &|r, row| {
-            let bi = r / m.max(1);
-            let q = &x[r * d..(r + 1) * d];
-            for (j, o) in row.iter_mut().enumerate() {
-                *o = dot_lanes(q, &y[(bi * n + j) * d..(bi * n + j + 1) * d]);
-            }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((b, m, n))))
-    }
-    fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(g.matmul(b)?), Some(g.transpose(1, 2)?.matmul(a)?)))
-    }
-}
-
-impl CustomOp2 for WeightedRows {
-    fn name(&self) -> &'static str {
-        "weighted-rows"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let ((b, m, l), (b2, l2n, d)) = (dims3(l1, self.name())?, dims3(l2, self.name())?);
-        if b != b2 || l != l2n {
-            candle_core::bail!("weighted-rows: {:?} · {:?} do not match", l1.dims(), l2.dims());
-        }
-        let (p, v) = (f32_input(s1, l1, self.name())?, f32_input(s2, l2, self.name())?);
-        let mut out = vec![0f32; b * m * d];
-        par_rows(&mut out, d, &|r, row| {
-            let bi = r / m.max(1);
-            for (j, &w) in p[r * l..(r + 1) * l].iter().enumerate() {
-                let vr = &v[(bi * l + j) * d..(bi * l + j + 1) * d];
-                for (o, &x) in row.iter_mut().zip(vr) {
-                    *o += w * x;
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((b, m, d))))
-    }
-    fn bwd(&self, p: &Tensor, v: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(g.matmul(&v.transpose(1, 2)?)?), Some(p.transpose(1, 2)?.matmul(g)?)))
     }
 }

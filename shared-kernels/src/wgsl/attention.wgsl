@@ -31,6 +31,13 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> sc: array<f32>;   // [heads, tmax, ctx]
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;  // [t, out_stride]
 
+// −∞ built at run time: as a constant expression it is a shader-creation error in browsers
+// (WGSL forbids const-evaluated infinities; naga lets it through, Tint does not).
+fn neg_inf() -> f32 {
+    var bits = 0xff800000u;
+    return bitcast<f32>(bits);
+}
+
 @compute @workgroup_size(64)
 fn scores(@builtin(global_invocation_id) gid: vec3<u32>) {
     let j = gid.x;
@@ -40,7 +47,7 @@ fn scores(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let qpos = step.pos + t;
-    var v = -bitcast<f32>(0x7f800000u);
+    var v = neg_inf();
     let visible = j <= qpos && (p.window == 0u || qpos - j < p.window);
     if (visible) {
         let kvh = h / (p.heads / p.kv_heads);
@@ -65,7 +72,7 @@ fn softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
         return;
     }
     let base = (h * p.tmax + t) * p.ctx;
-    var m = -bitcast<f32>(0x7f800000u);
+    var m = neg_inf();
     for (var j = li; j < step.l; j += 256u) {
         m = max(m, sc[base + j]);
     }
