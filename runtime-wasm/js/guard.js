@@ -84,7 +84,7 @@ export class GuardModel {
   classify(text, { response, mode, format, maxTokens, temperature, topK, topP, seed, forceVerdict, signal, onToken, onReasoning, onText, onNotice } = {}) {
     const options = { mode, format, maxTokens, temperature, topK, topP, seed, forceVerdict };
     const run = () => {
-      const id = this.#next;
+      const id = this.#next++;
       if (signal?.aborted) return Promise.reject(new DOMException('classification aborted', 'AbortError'));
       const onAbort = () => this.#channel.send({ type: 'cancel', id });
       signal?.addEventListener('abort', onAbort, { once: true });
@@ -96,7 +96,7 @@ export class GuardModel {
           if (REASONING.has(section)) onReasoning?.(text, section);
         }
       };
-      return this.#request({ type: 'classify', text, response, options }, { onEvent }).finally(() =>
+      return this.#request({ type: 'classify', text, response, options }, { onEvent }, [], id).finally(() =>
         signal?.removeEventListener('abort', onAbort),
       );
     };
@@ -134,9 +134,8 @@ export class GuardModel {
     }
   }
 
-  #request(msg, handlers = {}, transfer = []) {
+  #request(msg, handlers = {}, transfer = [], id = this.#next++) {
     if (this.#disposed) return Promise.reject(new Error('the model was disposed'));
-    const id = this.#next++;
     return new Promise((resolve, reject) => {
       this.#pending.set(id, { resolve, reject, ...handlers });
       this.#channel.send({ ...msg, id }, transfer);
