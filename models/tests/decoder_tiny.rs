@@ -109,7 +109,7 @@ fn lora_vars(m: &Llama, dt: DType, seed: u64) -> (HashMap<String, LoraBranch>, L
         .unwrap();
         branches.insert(
             name.clone(),
-            LoraBranch { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale: adapter.scale(p.r) },
+            LoraBranch { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale: adapter.scale(p.r), dropout: None },
         );
         vars.push((name.clone(), a, b));
     }

@@ -20,7 +20,7 @@ export interface LoadOptions {
   base: ModelSource;
   /** A LoRA adapter GGUF (optional). */
   adapter?: ModelSource;
-  /** auto: WebGPU when the browser gives an adapter, else the wasm CPU path. */
+  /** auto: WebGPU on a hardware adapter, else the wasm CPU path (also over a software fallback adapter); gpu: WebGPU on any adapter. */
   backend?: 'auto' | 'gpu' | 'cpu';
   /** KV positions (default 2048). */
   context?: number;

@@ -238,14 +238,11 @@ impl Guard {
         context: usize,
     ) -> std::result::Result<Box<dyn Backend>, String> {
         let gpu = vigil_kernels::Gpu::new().await.map_err(|e| format!("{e}; using the CPU backend"))?;
-        // Natively vigil's CPU path beats a software GPU (lavapipe); in the browser any WebGPU
-        // adapter is taken, as the wasm CPU path has no threads.
-        if cfg!(not(target_arch = "wasm32"))
-            && choice == BackendChoice::Auto
-            && gpu.info.device_type == vigil_kernels::wgpu::DeviceType::Cpu
-        {
+        // vigil's CPU path beats a software GPU: natively lavapipe; in the browser a fallback
+        // adapter (SwiftShader), which ran a guard prompt ~10× slower than the wasm CPU path.
+        if choice == BackendChoice::Auto && gpu.info.device_type == vigil_kernels::wgpu::DeviceType::Cpu {
             return Err(format!(
-                "the only GPU adapter, {}, is a software renderer; using the CPU backend (--backend gpu forces it)",
+                "the only GPU adapter, {}, is a software renderer; using the CPU backend (backend `gpu` forces it)",
                 gpu.describe()
             ));
         }

@@ -110,7 +110,9 @@ impl Gpu {
 
     /// A short description: adapter, backend, device type.
     pub fn describe(&self) -> String {
-        format!("{} ({:?}, {:?})", self.info.name, self.info.backend, self.info.device_type)
+        // browsers often hide the adapter's name
+        let name = if self.info.name.is_empty() { "unnamed adapter" } else { &self.info.name };
+        format!("{name} ({:?}, {:?})", self.info.backend, self.info.device_type)
     }
 
     /// The first error the device reported since it was created, if any.

@@ -8,13 +8,12 @@ import { mkdirSync, existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { chromium } from 'playwright-core';
 import { serve } from './serve.mjs';
+import { CHROMIUM_ARGS } from './chromium.mjs';
 
 const root = resolve(import.meta.dirname, '../..');
 const dist = resolve(root, 'web/dist');
 const out = resolve(root, process.env.VIGIL_TEST_OUT || 'target/test-output');
 const backend = process.env.VIGIL_PAGE_BACKEND || 'auto';
-export const CHROMIUM_ARGS = ['--headless=new', '--no-sandbox', '--enable-unsafe-webgpu', '--disable-dev-shm-usage',
-  '--no-first-run', '--disable-quic', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
 test('the demo page streams reasoning, shows a verdict, and works offline afterwards', { timeout: 15 * 60_000 }, async () => {
   assert.ok(existsSync(resolve(dist, 'index.html')), 'web/dist is built (trunk build --release)');

@@ -9,11 +9,13 @@ const TYPES = {
   '.wasm': 'application/wasm', '.json': 'application/json', '.png': 'image/png', '.gguf': 'application/octet-stream',
 };
 
-/** Serves `routes` ({urlPrefix: dir}) on 127.0.0.1:`port` (0 = any). Resolves to {server, url}. */
-export function serve(routes, port = 0) {
+/** Serves `routes` ({urlPrefix: dir}) on 127.0.0.1:`port` (0 = any), adding `headers` to every
+ * response. Resolves to {server, url}. */
+export function serve(routes, port = 0, headers = {}) {
   const table = Object.entries(routes).map(([p, d]) => [p.replace(/\/$/, ''), resolve(d)]).sort((a, b) => b[0].length - a[0].length);
   const server = createServer((req, res) => {
     res.setHeader('Access-Control-Allow-Origin', '*');
+    for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
     const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
     const hit = table.find(([p]) => path === p || path.startsWith(p + '/'));
     let file = hit && normalize(join(hit[1], path.slice(hit[0].length)));

@@ -333,6 +333,76 @@ impl CustomOp2 for WeightedRows {
     }
 }
 
+/// Cross-entropy of each row of `logits` [N, V] against `targets` [N] (u32 ids) → [N] (−log
+/// softmax(row)[target]), f32 or f64. Backward (logits only): (softmax(row) − onehot(target))·g.
+/// One pass over the row with the log-sum-exp in f64, so no [N, V] softmax stays in the graph.
+pub struct CrossEntropy;
+
+fn rows_f64(s: &CpuStorage, l: &Layout, op: &str) -> Result<Vec<f64>> {
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("{op}: input must be contiguous") };
+    Ok(match s {
+        CpuStorage::F32(v) => v[a..b].iter().map(|&x| x as f64).collect(),
+        CpuStorage::F64(v) => v[a..b].to_vec(),
+        _ => candle_core::bail!("{op}: expected f32 or f64 logits"),
+    })
+}
+
+fn log_sum_exp(row: &[f64]) -> f64 {
+    let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+    row.iter().map(|&v| (v - m).exp()).sum::<f64>().ln() + m
+}
+
+impl CustomOp2 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "cross-entropy"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, v) = l1.shape().dims2()?;
+        let x = rows_f64(s1, l1, self.name())?;
+        let (CpuStorage::U32(t), Some((ta, tb))) = (s2, l2.contiguous_offsets()) else {
+            candle_core::bail!("cross-entropy: targets must be contiguous u32")
+        };
+        let t = &t[ta..tb];
+        if t.len() != n {
+            candle_core::bail!("cross-entropy: {n} rows but {} targets", t.len());
+        }
+        let mut loss = Vec::with_capacity(n);
+        for (row, &id) in x.chunks_exact(v).zip(t) {
+            if id as usize >= v {
+                candle_core::bail!("cross-entropy: target {id} is outside the vocabulary of {v}");
+            }
+            loss.push(log_sum_exp(row) - row[id as usize]);
+        }
+        let out = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(loss.iter().map(|&x| x as f32).collect()),
+            _ => CpuStorage::F64(loss),
+        };
+        Ok((out, Shape::from(n)))
+    }
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, v) = logits.dims2()?;
+        let x: Vec<f64> = logits.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        let t: Vec<u32> = targets.to_vec1()?;
+        let g: Vec<f64> = g.to_dtype(DType::F64)?.to_vec1()?;
+        let mut d = vec![0f64; n * v];
+        for (i, (row, out)) in x.chunks_exact(v).zip(d.chunks_exact_mut(v)).enumerate() {
+            let lse = log_sum_exp(row);
+            for (o, &r) in out.iter_mut().zip(row) {
+                *o = (r - lse).exp() * g[i];
+            }
+            out[t[i] as usize] -= g[i];
+        }
+        let d = Tensor::from_vec(d, (n, v), logits.device())?.to_dtype(logits.dtype())?;
+        Ok((Some(d), None))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

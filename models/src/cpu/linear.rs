@@ -26,12 +26,52 @@ pub enum BaseWeight {
     Dense(Tensor),
 }
 
-/// A LoRA branch: A [r, in], B [out, r], scale = α / r.
+/// A LoRA branch: A [r, in], B [out, r], scale = α / r, and dropout on its input while training.
 #[derive(Clone, Debug)]
 pub struct LoraBranch {
     pub a: Tensor,
     pub b: Tensor,
     pub scale: f64,
+    pub dropout: Option<Dropout>,
+}
+
+/// Dropout on a LoRA branch's input: each element kept with probability 1 − p (and scaled by
+/// 1/(1 − p)). The mask is a pure function of (`seed`, layer name, element index), so a resumed
+/// run draws the same masks; the trainer sets `seed` before each sequence.
+#[derive(Clone, Debug)]
+pub struct Dropout {
+    pub p: f32,
+    pub seed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Dropout {
+    /// A `seed` value that switches dropout off (evaluation).
+    pub const OFF: u64 = u64::MAX;
+
+    fn active(&self) -> bool {
+        self.p > 0.0 && self.seed.load(std::sync::atomic::Ordering::Relaxed) != Self::OFF
+    }
+
+    fn mask(&self, layer: &str, x: &Tensor) -> candle_core::Result<Tensor> {
+        // splitmix64 over (seed ⊕ FNV-1a(layer name), index): cheap, seekable, well mixed
+        let name = layer.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+        let base = self.seed.load(std::sync::atomic::Ordering::Relaxed) ^ name;
+        let keep = 1.0 / (1.0 - self.p);
+        let threshold = (self.p as f64 * u32::MAX as f64) as u32;
+        let m: Vec<f32> = (0..x.elem_count() as u64)
+            .map(|i| {
+                let mut z = base.wrapping_add(i.wrapping_mul(0x9e3779b97f4a7c15));
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+                if ((z ^ (z >> 31)) >> 32) as u32 >= threshold {
+                    keep
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(x.dtype())
+    }
 }
 
 pub struct Linear {
@@ -132,6 +172,10 @@ impl Linear {
         match &self.lora {
             None => Ok(y),
             Some(l) => {
+                let x = match &l.dropout {
+                    Some(d) if d.active() => (x * d.mask(&self.name, x)?)?,
+                    _ => x.clone(),
+                };
                 let delta = x.broadcast_matmul(&l.a.t()?)?.broadcast_matmul(&l.b.t()?)?;
                 y + (delta * l.scale)?
             }

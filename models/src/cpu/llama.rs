@@ -225,6 +225,7 @@ impl Llama {
                     a: Tensor::from_vec(p.a.clone(), (p.r, p.in_dim), &dev)?.to_dtype(self.dtype)?,
                     b: Tensor::from_vec(p.b.clone(), (p.out_dim, p.r), &dev)?.to_dtype(self.dtype)?,
                     scale: a.scale(p.r),
+                    dropout: None,
                 }),
             };
             branches.push(b);
@@ -326,6 +327,25 @@ impl Llama {
             c.advance(t);
         }
         self.out_norm.forward(&x)
+    }
+
+    /// Training loss terms: for each position whose next token is a target (`mask[p + 1]`), the
+    /// cross-entropy of the predicted distribution against that token → [N]. Only those rows go
+    /// through the vocabulary projection.
+    pub fn target_losses(&self, tokens: &[u32], mask: &[bool]) -> Result<Tensor> {
+        if mask.len() != tokens.len() {
+            return Err(Error::Input(format!("{} tokens but {} mask entries", tokens.len(), mask.len())));
+        }
+        let rows: Vec<u32> = (0..tokens.len().saturating_sub(1)).filter(|&p| mask[p + 1]).map(|p| p as u32).collect();
+        if rows.is_empty() {
+            return Err(Error::Input("no target tokens (the loss mask is empty)".into()));
+        }
+        let targets: Vec<u32> = rows.iter().map(|&p| tokens[p as usize + 1]).collect();
+        let h = self.hidden(tokens, None)?.squeeze(0)?;
+        let h = h.index_select(&Tensor::new(rows.as_slice(), &self.dev)?, 0)?;
+        let logits = self.lm_head.forward(&h)?;
+        let targets = Tensor::new(targets.as_slice(), &self.dev)?;
+        Ok(logits.contiguous()?.apply_op2(&targets, super::fused::CrossEntropy)?)
     }
 
     /// Logits as an f32 vector (for sampling).

@@ -1,0 +1,3 @@
+//! The library side of the `vigil` command: training (and what tests reach without the CLI).
+
+pub mod train;

@@ -1,0 +1,204 @@
+//! A training run's settings: a TOML file (every key optional), a preset underneath it, and
+//! `--set key=value` overrides on top. The resolved config is saved with the run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::optim::Decay;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Base model GGUF (a path or a catalogue name).
+    pub model: String,
+    /// Training JSONL files.
+    pub data: Vec<PathBuf>,
+    /// Separate eval JSONL files; when empty, `eval_fraction` of the training lines (by hash).
+    pub eval_data: Vec<PathBuf>,
+    pub eval_fraction: f64,
+    /// Guard-schema rendering: "rsft" or "dual-stream"; one call for all policies, or per policy.
+    pub format: String,
+    pub per_policy: bool,
+    /// Skip invalid lines (reported) instead of stopping.
+    pub skip_invalid: bool,
+    pub max_len: usize,
+
+    // LoRA
+    pub rank: usize,
+    pub alpha: f32,
+    pub dropout: f32,
+    /// GGUF projection names: attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down.
+    pub targets: Vec<String>,
+    /// Base weights: "f32" (dequantized, fastest here), "quantized" (QLoRA: as stored in the GGUF).
+    pub base_weights: String,
+
+    // optimisation
+    pub lr: f32,
+    pub epochs: f32,
+    /// Cap on optimizer steps (0 = from epochs).
+    pub max_steps: u64,
+    /// Sequences per micro-batch and micro-batches per optimizer step.
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    /// Warmup: `warmup_steps`, or this fraction of the total when steps is 0.
+    pub warmup_steps: u64,
+    pub warmup_ratio: f32,
+    pub schedule: Decay,
+    pub weight_decay: f32,
+    pub max_grad_norm: f32,
+    pub adam_8bit: bool,
+    pub seed: u64,
+
+    // bookkeeping
+    pub eval_every: u64,
+    pub checkpoint_every: u64,
+    pub log_every: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: vigil_models::catalog::DEFAULT_MODEL.into(),
+            data: Vec::new(),
+            eval_data: Vec::new(),
+            eval_fraction: 0.05,
+            format: "rsft".into(),
+            per_policy: false,
+            skip_invalid: false,
+            max_len: 1024,
+            rank: 16,
+            alpha: 32.0,
+            dropout: 0.05,
+            targets: vigil_models::lora::TARGETS.iter().map(|s| s.to_string()).collect(),
+            base_weights: "f32".into(),
+            lr: 2e-4,
+            epochs: 1.0,
+            max_steps: 0,
+            batch_size: 4,
+            grad_accum: 1,
+            warmup_steps: 0,
+            warmup_ratio: 0.05,
+            schedule: Decay::Linear,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            adam_8bit: false,
+            seed: 42,
+            eval_every: 50,
+            checkpoint_every: 50,
+            log_every: 1,
+        }
+    }
+}
+
+/// Named starting points from the seed notes.
+pub const PRESETS: [(&str, &str); 3] = [
+    ("default", ""),
+    // R-SFT note: LoRA r16, lr 5e-5, 3 epochs, effective batch 128, max length 2048.
+    (
+        "rsft",
+        "rank = 16\nalpha = 32.0\nlr = 5e-5\nepochs = 3.0\nbatch_size = 8\ngrad_accum = 16\nmax_len = 2048\nformat = \"rsft\"\nper_policy = true\n",
+    ),
+    // rho-guided note: r8 / α16 on q, k, o; lr 2e-4; 10 % warmup; accumulation 4; max length 256.
+    (
+        "rho",
+        "rank = 8\nalpha = 16.0\ntargets = [\"attn_q\", \"attn_k\", \"attn_output\"]\nlr = 2e-4\nwarmup_ratio = 0.1\ngrad_accum = 4\nmax_len = 256\n",
+    ),
+];
+
+impl TrainConfig {
+    /// preset ← file ← overrides (`key=value`, the value in TOML syntax; bare words are strings).
+    pub fn resolve(preset: &str, file: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let Some((_, base)) = PRESETS.iter().find(|(n, _)| *n == preset) else {
+            bail!("unknown preset `{preset}` (known: {})", PRESETS.map(|p| p.0).join(", "));
+        };
+        let mut table: toml::Table = toml::from_str(base).expect("presets are valid TOML");
+        if let Some(f) = file {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            let t: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", f.display()))?;
+            table.extend(t);
+        }
+        for o in overrides {
+            let (k, v) = o.split_once('=').with_context(|| format!("--set {o}: expected key=value"))?;
+            let (k, v) = (k.trim(), v.trim());
+            let value: toml::Value = toml::from_str::<toml::Table>(&format!("x = {v}"))
+                .map(|mut t| t.remove("x").unwrap())
+                .unwrap_or_else(|_| toml::Value::String(v.to_string()));
+            table.insert(k.to_string(), value);
+        }
+        let where_ = file.map_or("the preset and --set".to_string(), |f| f.display().to_string());
+        let c: TrainConfig = table.try_into().with_context(|| format!("invalid training config ({where_})"))?;
+        c.check()?;
+        Ok(c)
+    }
+
+    pub fn check(&self) -> Result<()> {
+        let bad = |what: String| Err(anyhow::anyhow!("invalid training config: {what}"));
+        if self.rank == 0 {
+            return bad("rank must be ≥ 1".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout {} must be in [0, 1)", self.dropout));
+        }
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            return bad("batch_size and grad_accum must be ≥ 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad(format!("lr {} must be positive", self.lr));
+        }
+        if self.targets.is_empty() {
+            return bad("targets is empty".into());
+        }
+        for t in &self.targets {
+            if !vigil_models::lora::TARGETS.contains(&t.as_str()) {
+                return bad(format!("unknown target `{t}` (known: {})", vigil_models::lora::TARGETS.join(", ")));
+            }
+        }
+        if vigil_models::guard::OutputFormat::from_name(&self.format).is_none() {
+            return bad(format!("format `{}` (rsft or dual-stream)", self.format));
+        }
+        if !matches!(self.base_weights.as_str(), "f32" | "quantized") {
+            return bad(format!("base_weights `{}` (f32 or quantized)", self.base_weights));
+        }
+        if !(0.0..1.0).contains(&self.eval_fraction) {
+            return bad(format!("eval_fraction {} must be in [0, 1)", self.eval_fraction));
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_files_and_overrides_stack() {
+        let c = TrainConfig::resolve("rho", None, &[]).unwrap();
+        assert_eq!((c.rank, c.alpha, c.lr, c.grad_accum, c.max_len), (8, 16.0, 2e-4, 4, 256));
+        assert_eq!(c.targets, ["attn_q", "attn_k", "attn_output"]);
+        let r = TrainConfig::resolve("rsft", None, &[]).unwrap();
+        assert_eq!((r.rank, r.lr, r.epochs, r.batch_size * r.grad_accum, r.max_len), (16, 5e-5, 3.0, 128, 2048));
+
+        let dir = std::env::temp_dir().join(format!("vigil-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("run.toml");
+        std::fs::write(&f, "rank = 4\nlr = 1e-3\n").unwrap();
+        let c = TrainConfig::resolve("rho", Some(&f), &["lr=3e-3".into(), "format=dual-stream".into()]).unwrap();
+        assert_eq!((c.rank, c.lr, c.format.as_str(), c.alpha), (4, 3e-3, "dual-stream", 16.0));
+        let round: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(round, c);
+
+        std::fs::write(&f, "rnak = 4\n").unwrap();
+        let e = format!("{:#}", TrainConfig::resolve("default", Some(&f), &[]).unwrap_err());
+        assert!(e.contains("run.toml") && e.contains("rnak"), "{e}");
+        let e = format!("{:#}", TrainConfig::resolve("default", None, &["targets=[\"attn_x\"]".into()]).unwrap_err());
+        assert!(e.contains("unknown target `attn_x`"), "{e}");
+        assert!(TrainConfig::resolve("nope", None, &[]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,16 @@
+//! LoRA fine-tuning of a guard model on the CPU (candle, with vigil's trainable ops):
+//! data → batches → loss on target tokens → gradients → AdamW → checkpoints → adapter.
+//!
+//! - [`data`]: JSONL in four schemas → token ids + loss mask in the base model's chat template;
+//! - [`config`]: TOML config, presets from the seed notes, `--set` overrides;
+//! - [`lora`]: the trainable A/B parameters;
+//! - [`optim`]: AdamW (f32 or 8-bit states), schedule, clipping;
+//! - [`run`]: the loop, eval, metrics, resume; [`checkpoint`]: atomic checkpoints; [`plot`]: the loss curve.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod lora;
+pub mod optim;
+pub mod plot;
+pub mod run;

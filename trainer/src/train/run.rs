@@ -1,0 +1,394 @@
+//! The training loop: length-bucketed batches, loss on target tokens normalised by the step's
+//! total target tokens, gradient clipping, AdamW with warmup and decay, eval loss, metrics JSONL,
+//! atomic checkpoints and exact resume.
+//!
+//! A run directory holds `config.toml` (resolved), `metrics.jsonl`, `loss.svg`,
+//! `checkpoint.safetensors` and, at the end, `adapter.gguf` (f32; `vigil export` converts it).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use vigil_models::chat::ChatTemplate;
+use vigil_models::cpu::{Llama, WeightMode};
+use vigil_models::gguf::{GgmlType, Gguf};
+use vigil_models::guard::OutputFormat;
+use vigil_models::tokenizer::Tokenizer;
+
+use super::checkpoint;
+use super::config::TrainConfig;
+use super::data::{self, Example, GuardRendering};
+use super::lora::LoraParams;
+use super::optim::{self, AdamWConfig, Moments};
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Metrics {
+    pub step: u64,
+    pub epoch: f64,
+    pub loss: f64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub eval_loss: Option<f64>,
+    pub lr: f32,
+    pub grad_norm: f32,
+    /// Tokens (prompt + target) processed in this step, and per second.
+    pub tokens: usize,
+    pub tok_per_s: f64,
+    pub elapsed_s: f64,
+}
+
+/// Called after each optimizer step with its metrics and the total number of steps.
+pub type OnStep<'a> = &'a mut dyn FnMut(&Metrics, u64);
+
+/// What a caller can watch or stop.
+#[derive(Default)]
+pub struct Hooks<'a> {
+    /// Called after each optimizer step.
+    pub on_step: Option<OnStep<'a>>,
+    /// Stop (as if interrupted) after this many optimizer steps in total, leaving a checkpoint.
+    pub stop_after: Option<u64>,
+}
+
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub dir: PathBuf,
+    pub model: Llama,
+    pub lora: LoraParams,
+    pub moments: Vec<Moments>,
+    pub train: Vec<Example>,
+    pub eval: Vec<Example>,
+    pub step: u64,
+    pub total_steps: u64,
+    pub steps_per_epoch: u64,
+    /// sha256 of the resolved config's training-relevant fields and the encoded data.
+    fingerprint: String,
+}
+
+/// What `prepare` reports about the data.
+pub struct DataReport {
+    pub train: usize,
+    pub eval: usize,
+    pub errors: Vec<String>,
+}
+
+fn load_data(
+    cfg: &TrainConfig,
+    tok: &Tokenizer,
+    template: ChatTemplate,
+) -> Result<(Vec<Example>, Vec<Example>, Vec<String>)> {
+    let rendering =
+        GuardRendering { format: OutputFormat::from_name(&cfg.format).context("format")?, per_policy: cfg.per_policy };
+    let mut errors = Vec::new();
+    let mut read = |files: &[PathBuf]| -> Result<Vec<Example>> {
+        let mut all = Vec::new();
+        for f in files {
+            let l = data::load(f, tok, template, rendering, cfg.max_len)?;
+            errors.extend(l.errors);
+            all.extend(l.examples);
+        }
+        Ok(all)
+    };
+    if cfg.data.is_empty() {
+        bail!("no training data (set `data = [\"file.jsonl\"]` or pass --data)");
+    }
+    let mut train = read(&cfg.data)?;
+    let mut eval = read(&cfg.eval_data)?;
+    if cfg.eval_data.is_empty() && cfg.eval_fraction > 0.0 {
+        let (e, t): (Vec<Example>, Vec<Example>) =
+            train.into_iter().partition(|ex| data::is_eval(&ex.ids, cfg.eval_fraction, cfg.seed));
+        train = t;
+        eval = e;
+    }
+    Ok((train, eval, errors))
+}
+
+impl Trainer {
+    /// Loads the model and data and sets up a fresh run in `dir` (or resumes the checkpoint
+    /// there when `resume`).
+    pub fn prepare(cfg: TrainConfig, dir: &Path, resume: bool) -> Result<(Self, DataReport)> {
+        cfg.check()?;
+        let model_path = PathBuf::from(&cfg.model);
+        let g = Gguf::open(&model_path).with_context(|| format!("loading the base model {}", model_path.display()))?;
+        let tok = Tokenizer::from_gguf(&g)?;
+        let template = ChatTemplate::detect(&g)?;
+        let (train, eval, errors) = load_data(&cfg, &tok, template)?;
+        if !errors.is_empty() && !cfg.skip_invalid {
+            let shown: Vec<&str> = errors.iter().take(20).map(String::as_str).collect();
+            bail!(
+                "{} invalid training line(s) (set skip_invalid = true to train without them):\n  {}{}",
+                errors.len(),
+                shown.join("\n  "),
+                if errors.len() > 20 { "\n  …" } else { "" }
+            );
+        }
+        if train.is_empty() {
+            bail!("no usable training examples");
+        }
+        let mode = if cfg.base_weights == "quantized" {
+            WeightMode::Quantized
+        } else {
+            WeightMode::Dense(candle_core::DType::F32)
+        };
+        let mut model = Llama::load(&g, mode, &Device::Cpu)?;
+        let lora = LoraParams::init(&model, &cfg.targets, cfg.rank, cfg.alpha, cfg.seed)?;
+        lora.attach(&mut model, cfg.dropout)?;
+        let moments = lora.params.iter().map(|p| Moments::new(p.value.len(), cfg.adam_8bit)).collect();
+
+        let group = cfg.batch_size * cfg.grad_accum;
+        let steps_per_epoch = train.len().div_ceil(group) as u64;
+        let total_steps = if cfg.max_steps > 0 {
+            cfg.max_steps
+        } else {
+            ((cfg.epochs as f64 * steps_per_epoch as f64).ceil() as u64).max(1)
+        };
+        let fingerprint = {
+            let mut h = Sha256::new();
+            let mut c = cfg.clone();
+            // cadences do not change the result
+            (c.eval_every, c.checkpoint_every, c.log_every) = (0, 0, 0);
+            h.update(c.to_toml());
+            for ex in train.iter().chain(&eval) {
+                for id in &ex.ids {
+                    h.update(id.to_le_bytes());
+                }
+                h.update(ex.mask.iter().map(|&m| m as u8).collect::<Vec<u8>>());
+            }
+            hex::encode(h.finalize())
+        };
+        let report = DataReport { train: train.len(), eval: eval.len(), errors };
+        let mut t = Trainer {
+            cfg,
+            dir: dir.to_path_buf(),
+            model,
+            lora,
+            moments,
+            train,
+            eval,
+            step: 0,
+            total_steps,
+            steps_per_epoch,
+            fingerprint,
+        };
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ckpt = dir.join(checkpoint::FILE);
+        if resume {
+            if !ckpt.exists() {
+                bail!("--resume: no checkpoint in {}", dir.display());
+            }
+            let meta = checkpoint::load(&ckpt, &mut t.lora, &mut t.moments)?;
+            if meta.get("fingerprint") != Some(&t.fingerprint) {
+                bail!(
+                    "--resume: {} was made with a different config or data (fingerprint {} vs {})",
+                    ckpt.display(),
+                    meta.get("fingerprint").map_or("none", String::as_str),
+                    t.fingerprint
+                );
+            }
+            t.step = meta.get("step").and_then(|s| s.parse().ok()).context("checkpoint has no step")?;
+            t.truncate_metrics()?;
+        } else {
+            if ckpt.exists() {
+                bail!("{} already holds a run (pass --resume to continue it, or choose another --out)", dir.display());
+            }
+            let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
+        }
+        vigil_models::fsutil::write_atomic(&dir.join("config.toml"), |f| f.write_all(t.cfg.to_toml().as_bytes()))?;
+        Ok((t, report))
+    }
+
+    /// The examples of optimizer step `step`: each epoch shuffles (seeded by epoch), sorts windows
+    /// of 8 steps' worth by length (so a step's sequences have similar lengths), then shuffles
+    /// the order of the steps.
+    pub fn step_examples(&self, step: u64) -> Vec<usize> {
+        let epoch = step / self.steps_per_epoch;
+        let within = (step % self.steps_per_epoch) as usize;
+        let group = self.cfg.batch_size * self.cfg.grad_accum;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch));
+        let mut order: Vec<usize> = (0..self.train.len()).collect();
+        order.shuffle(&mut rng);
+        for w in order.chunks_mut(group * 8) {
+            w.sort_by_key(|&i| self.train[i].ids.len());
+        }
+        let mut groups: Vec<&[usize]> = order.chunks(group).collect();
+        groups.shuffle(&mut rng);
+        groups[within].to_vec()
+    }
+
+    fn dropout_seed(&self, step: u64, k: usize) -> u64 {
+        self.cfg.seed ^ step.wrapping_mul(0x9e3779b97f4a7c15) ^ (k as u64).wrapping_mul(0xd1b54a32d192ed03)
+    }
+
+    /// One optimizer step: returns (mean loss per target token, gradient norm, tokens).
+    pub fn train_step(&mut self) -> Result<(f64, f32, usize)> {
+        let idx = self.step_examples(self.step);
+        let total: usize = idx.iter().map(|&i| self.train[i].targets()).sum();
+        let mut grads: Vec<Vec<f32>> = self.lora.params.iter().map(|p| vec![0f32; p.value.len()]).collect();
+        let mut loss_sum = 0f64;
+        let mut tokens = 0;
+        for (k, &i) in idx.iter().enumerate() {
+            let ex = &self.train[i];
+            self.lora.dropout_seed.store(self.dropout_seed(self.step, k), std::sync::atomic::Ordering::Relaxed);
+            let losses = self.model.target_losses(&ex.ids, &ex.mask).with_context(|| ex.origin.clone())?;
+            let sum = losses.sum_all()?;
+            loss_sum += sum.to_scalar::<f32>()? as f64;
+            // normalised by the whole step's target tokens, not a mean of per-sequence means
+            let g = (sum / total as f64)?.backward()?;
+            for (p, acc) in self.lora.params.iter().zip(grads.iter_mut()) {
+                let t = g.get(p.var.as_tensor()).with_context(|| format!("no gradient reached {}", p.name))?;
+                let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+                acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+            }
+            tokens += ex.ids.len();
+        }
+        let norm = optim::clip(&mut grads, self.cfg.max_grad_norm);
+        let lr = self.lr();
+        let c = AdamWConfig { weight_decay: self.cfg.weight_decay, ..Default::default() };
+        for ((p, g), m) in self.lora.params.iter_mut().zip(&grads).zip(self.moments.iter_mut()) {
+            optim::adamw_step(&c, lr, self.step + 1, &mut p.value, g, m);
+        }
+        self.lora.sync()?;
+        self.step += 1;
+        Ok((loss_sum / total as f64, norm, tokens))
+    }
+
+    pub fn warmup_steps(&self) -> u64 {
+        if self.cfg.warmup_steps > 0 {
+            self.cfg.warmup_steps
+        } else {
+            (self.cfg.warmup_ratio as f64 * self.total_steps as f64).round() as u64
+        }
+    }
+
+    /// The learning rate of the current step.
+    pub fn lr(&self) -> f32 {
+        optim::lr_at(self.step, self.total_steps, self.warmup_steps(), self.cfg.lr, self.cfg.schedule)
+    }
+
+    /// Mean loss per target token over the eval split (no dropout).
+    pub fn eval_loss(&self) -> Result<Option<f64>> {
+        if self.eval.is_empty() {
+            return Ok(None);
+        }
+        let seed = &self.lora.dropout_seed;
+        let saved = seed.swap(vigil_models::cpu::linear::Dropout::OFF, std::sync::atomic::Ordering::Relaxed);
+        let result = (|| -> Result<f64> {
+            let (mut sum, mut n) = (0f64, 0usize);
+            for ex in &self.eval {
+                sum += self.model.target_losses(&ex.ids, &ex.mask)?.sum_all()?.to_scalar::<f32>()? as f64;
+                n += ex.targets();
+            }
+            Ok(sum / n as f64)
+        })();
+        seed.store(saved, std::sync::atomic::Ordering::Relaxed);
+        result.map(Some)
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        let meta = HashMap::from([
+            ("step".to_string(), self.step.to_string()),
+            ("fingerprint".to_string(), self.fingerprint.clone()),
+            ("format".to_string(), "vigil-train-checkpoint-1".to_string()),
+        ]);
+        checkpoint::save(&self.dir.join(checkpoint::FILE), &self.lora, &self.moments, meta)
+    }
+
+    /// Drops metric lines past the checkpoint's step (written after it, before an interruption).
+    fn truncate_metrics(&self) -> Result<()> {
+        let path = self.dir.join("metrics.jsonl");
+        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+        let kept: String = text
+            .lines()
+            .filter(|l| serde_json::from_str::<Metrics>(l).is_ok_and(|m| m.step <= self.step))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        vigil_models::fsutil::write_atomic(&path, |f| f.write_all(kept.as_bytes()))?;
+        Ok(())
+    }
+
+    pub fn metrics(&self) -> Vec<Metrics> {
+        std::fs::read_to_string(self.dir.join("metrics.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Trains to the end (or `hooks.stop_after`); returns the final adapter path when finished.
+    pub fn run(&mut self, mut hooks: Hooks) -> Result<Option<PathBuf>> {
+        let start = Instant::now();
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("metrics.jsonl"))
+            .context("opening metrics.jsonl")?;
+        // eval at the start of a fresh run: the baseline the curve falls from
+        if self.step == 0 && self.cfg.eval_every > 0 {
+            if let Some(e) = self.eval_loss()? {
+                let m = Metrics {
+                    step: 0,
+                    epoch: 0.0,
+                    loss: f64::NAN,
+                    eval_loss: Some(e),
+                    lr: 0.0,
+                    grad_norm: 0.0,
+                    tokens: 0,
+                    tok_per_s: 0.0,
+                    elapsed_s: 0.0,
+                };
+                writeln!(log, "{}", serde_json::to_string(&m)?)?;
+            }
+        }
+        while self.step < self.total_steps {
+            let t0 = Instant::now();
+            let lr = self.lr();
+            let (loss, grad_norm, tokens) = self.train_step()?;
+            let dt = t0.elapsed().as_secs_f64();
+            let eval_loss = if (self.cfg.eval_every > 0 && self.step.is_multiple_of(self.cfg.eval_every))
+                || self.step == self.total_steps
+            {
+                self.eval_loss()?
+            } else {
+                None
+            };
+            let m = Metrics {
+                step: self.step,
+                epoch: self.step as f64 / self.steps_per_epoch as f64,
+                loss,
+                eval_loss,
+                lr,
+                grad_norm,
+                tokens,
+                tok_per_s: tokens as f64 / dt,
+                elapsed_s: start.elapsed().as_secs_f64(),
+            };
+            if self.cfg.log_every > 0 && (self.step.is_multiple_of(self.cfg.log_every) || eval_loss.is_some()) {
+                writeln!(log, "{}", serde_json::to_string(&m).unwrap_or_default())?;
+            }
+            if let Some(f) = hooks.on_step.as_mut() {
+                f(&m, self.total_steps);
+            }
+            let stop = hooks.stop_after.is_some_and(|s| self.step >= s);
+            if (self.cfg.checkpoint_every > 0 && self.step.is_multiple_of(self.cfg.checkpoint_every)) || stop {
+                log.flush()?;
+                self.checkpoint()?;
+            }
+            if stop && self.step < self.total_steps {
+                super::plot::loss_curve(&self.metrics(), &self.dir.join("loss.svg"))?;
+                return Ok(None);
+            }
+        }
+        self.checkpoint()?;
+        log.flush()?;
+        super::plot::loss_curve(&self.metrics(), &self.dir.join("loss.svg"))?;
+        let out = self.dir.join("adapter.gguf");
+        self.lora.adapter("adapter.gguf").to_gguf(GgmlType::F32)?.write_file(&out)?;
+        Ok(Some(out))
+    }
+}
