@@ -38,6 +38,73 @@ pub enum Command {
     /// Greedy token ids after a prompt (one user message in the chat template): the reference the
     /// browser and Node runtimes are checked against.
     Tokens(TokensArgs),
+    /// Fine-tune a LoRA adapter on JSONL data (R-SFT or dual-stream guard traces, chat data).
+    Train(TrainArgs),
+    /// Convert a trained adapter: GGUF adapter (f32/f16/q8_0), PEFT, merged GGUF, Ollama Modelfile.
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Run directory: config.toml, metrics.jsonl, loss.svg, checkpoint, adapter.gguf.
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    /// TOML config (every key optional; see `vigil train --show-config`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Starting point: default, rsft (the R-SFT note's settings) or rho (the rho note's).
+    #[arg(long, default_value = "default")]
+    pub preset: String,
+    /// Training JSONL files (override the config's `data`).
+    #[arg(long, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// Eval JSONL files (default: a hashed `eval_fraction` of the training lines).
+    #[arg(long, num_args = 1..)]
+    pub eval_data: Vec<PathBuf>,
+    /// Base model GGUF or catalogue name (overrides the config's `model`).
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Any config key: `--set lr=1e-4 --set targets=["attn_q","attn_v"]`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Continue the run in --out from its checkpoint, exactly where it stopped.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after this many optimizer steps in total (a checkpoint is written; --resume goes on).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    /// Print the resolved config and exit.
+    #[arg(long)]
+    pub show_config: bool,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// GGUF LoRA adapter (llama.cpp `--lora`, vigil `--adapter`).
+    Gguf,
+    /// Hugging Face PEFT: adapter_config.json + adapter_model.safetensors.
+    Peft,
+    /// The base model with the adapter merged in, as GGUF.
+    Merged,
+    /// An Ollama Modelfile next to the base model and the adapter.
+    Ollama,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The trained adapter (a run's adapter.gguf, or a run directory).
+    pub adapter: PathBuf,
+    #[arg(long, value_enum, default_value_t = ExportFormat::Gguf)]
+    pub format: ExportFormat,
+    /// Tensor type: f32, f16 or q8_0 for adapters; q8_0, q4_1, f16 or f32 for merged models.
+    #[arg(long, default_value = "f16")]
+    pub dtype: String,
+    /// Base model GGUF or catalogue name (PEFT, merged and Ollama exports need it).
+    #[arg(long, short = 'm', default_value = vigil_models::catalog::DEFAULT_MODEL)]
+    pub model: String,
+    /// Output file (gguf, merged) or directory (peft, ollama).
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -144,8 +211,28 @@ pub enum BackendArg {
     Gpu,
 }
 
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchWhat {
+    /// Prefill and decode speed of the runtime.
+    Decode,
+    /// LoRA training throughput and peak memory, next to the PyTorch + PEFT anchor.
+    Train,
+}
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum, default_value_t = BenchWhat::Decode)]
+    pub what: BenchWhat,
+    /// Training benchmark: sequence length, batch, LoRA rank and measured steps.
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
     /// Memory bandwidth in GB/s, to print the bandwidth bound of decoding next to the speed.
     #[arg(long)]
     pub bandwidth_gbs: Option<f64>,

@@ -24,6 +24,8 @@ fn main() {
         cli::Command::Classify(a) => commands::classify::run(a, &cli.global),
         cli::Command::Bench(a) => commands::bench::run(a, &cli.global),
         cli::Command::Tokens(a) => commands::tokens::run(a, &cli.global),
+        cli::Command::Train(a) => commands::train::run(a, &cli.global),
+        cli::Command::Export(a) => commands::export::run(a, &cli.global),
     };
     if let Err(e) = result {
         // A closed pipe (`vigil … | head`) is not an error.

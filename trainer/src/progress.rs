@@ -39,3 +39,16 @@ pub fn items(label: &str, total: u64) -> ProgressBar {
     pb.set_message(label.to_string());
     pb
 }
+
+/// Training steps; the message carries loss, learning rate and speed.
+pub fn steps(label: &str, total: u64) -> ProgressBar {
+    if !visible() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} {msg} eta {eta}").unwrap().progress_chars("=> "),
+    );
+    pb.set_prefix(label.to_string());
+    pb
+}

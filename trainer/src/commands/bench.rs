@@ -62,6 +62,9 @@ fn bytes_per_token(path: &Path, positions: usize, kv_value_bytes: usize) -> Resu
 }
 
 pub fn run(args: BenchArgs, g: &Global) -> Result<()> {
+    if args.what == crate::cli::BenchWhat::Train {
+        return train(args, g);
+    }
     let threads = g.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let path = crate::commands::resolve_model(&args.model.model)?;
     let mut margs = args.model.clone();
@@ -153,5 +156,87 @@ pub fn run(args: BenchArgs, g: &Global) -> Result<()> {
             None => println!(" (--bandwidth-gbs N prints the bound)"),
         }
     }
+    Ok(())
+}
+
+/// The PyTorch + PEFT anchor measured on this machine kind (anchors.md): LoRA r16 on q, k, v, o,
+/// gate, up, down; seq 256, batch 4, fp32, 2 threads, AdamW.
+const PEFT_TOK_S: f64 = 315.0;
+const PEFT_PEAK_GB: f64 = 4.88;
+
+/// Peak resident memory of this process (Linux: VmHWM), in bytes.
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// `vigil bench train`: optimizer steps of `--batch` sequences of `--seq` tokens (every token a
+/// target) on the base model, through the trainer's own step; tokens/s and peak RSS.
+fn train(args: BenchArgs, g: &Global) -> Result<()> {
+    use vigil_trainer::train::config::TrainConfig;
+    use vigil_trainer::train::data::Example;
+    use vigil_trainer::train::run::Trainer;
+    let threads = g.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let path = crate::commands::resolve_model(&args.model.model)?;
+    let gguf = vigil_models::gguf::Gguf::open(&path)?;
+    let tok = vigil_models::tokenizer::Tokenizer::from_gguf(&gguf)?;
+    let text = tok.encode(
+        "The guard reads a piece of content and reasons step by step about each policy before it gives a verdict. ",
+    )?;
+    let ids: Vec<u32> = text.iter().copied().cycle().take(args.seq).collect();
+    let ex = Example { origin: "bench".into(), mask: vec![true; ids.len()], ids };
+    let cfg = TrainConfig {
+        model: path.display().to_string(),
+        rank: args.rank,
+        alpha: 2.0 * args.rank as f32,
+        dropout: 0.0,
+        batch_size: args.batch,
+        grad_accum: 1,
+        max_steps: (args.steps + 1) as u64,
+        ..TrainConfig::default()
+    };
+    let dir = std::env::temp_dir().join(format!("vigil-bench-train-{}", std::process::id()));
+    let mut t = Trainer::with_examples(cfg, &gguf, vec![ex; args.batch], Vec::new(), &dir)?;
+    let pb = crate::progress::items("bench train", (args.steps + 1) as u64);
+    t.train_step()?; // warm-up
+    pb.inc(1);
+    let mut speeds = Vec::new();
+    for _ in 0..args.steps.max(1) {
+        let t0 = std::time::Instant::now();
+        let (_, _, tokens) = t.train_step()?;
+        speeds.push(tokens as f64 / t0.elapsed().as_secs_f64());
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let tok_s = median(speeds);
+    let peak = peak_rss().map(|b| b as f64 / 1e9);
+    let params = t.lora.count();
+    if args.json {
+        println!(
+            "{}",
+            json!({"threads": threads, "seq": args.seq, "batch": args.batch, "rank": args.rank, "lora_params": params,
+                   "tok_s": tok_s, "peak_rss_gb": peak, "peft_tok_s": PEFT_TOK_S, "peft_peak_gb": PEFT_PEAK_GB,
+                   "speed_ratio": tok_s / PEFT_TOK_S, "memory_ratio": peak.map(|p| p / PEFT_PEAK_GB)})
+        );
+    } else {
+        println!(
+            "LoRA r{} on {} layers ({params} parameters), seq {} × batch {}, fp32, {threads} threads, median of {} steps",
+            args.rank,
+            t.lora.layers.len(),
+            args.seq,
+            args.batch,
+            args.steps.max(1)
+        );
+        println!("{:<22} {:>12} {:>14}", "", "tokens/s", "peak RSS GB");
+        println!("{:<22} {:>12.1} {:>14}", "vigil", tok_s, peak.map_or("-".into(), |p| format!("{p:.2}")));
+        println!("{:<22} {:>12.1} {:>14.2}", "PyTorch+PEFT (anchor)", PEFT_TOK_S, PEFT_PEAK_GB);
+        println!(
+            "ratio: {:.2}× the speed at {} the memory (goal ≥ 2× at ≤ 0.5×)",
+            tok_s / PEFT_TOK_S,
+            peak.map_or("?".into(), |p| format!("{:.2}×", p / PEFT_PEAK_GB))
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

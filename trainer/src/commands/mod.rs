@@ -2,8 +2,10 @@
 
 pub mod bench;
 pub mod classify;
+pub mod export;
 pub mod fetch_model;
 pub mod tokens;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 

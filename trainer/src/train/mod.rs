@@ -5,11 +5,13 @@
 //! - [`config`]: TOML config, presets from the seed notes, `--set` overrides;
 //! - [`lora`]: the trainable A/B parameters;
 //! - [`optim`]: AdamW (f32 or 8-bit states), schedule, clipping;
+//! - [`export`]: PEFT, merged GGUF, Ollama Modelfile;
 //! - [`run`]: the loop, eval, metrics, resume; [`checkpoint`]: atomic checkpoints; [`plot`]: the loss curve.
 
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod export;
 pub mod lora;
 pub mod optim;
 pub mod plot;

@@ -33,6 +33,8 @@ use super::optim::{self, AdamWConfig, Moments};
 pub struct Metrics {
     pub step: u64,
     pub epoch: f64,
+    /// NaN (written as null) on the step-0 line, which only carries the baseline eval loss.
+    #[serde(deserialize_with = "null_as_nan")]
     pub loss: f64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub eval_loss: Option<f64>,
@@ -42,6 +44,11 @@ pub struct Metrics {
     pub tokens: usize,
     pub tok_per_s: f64,
     pub elapsed_s: f64,
+}
+
+
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Called after each optimizer step with its metrics and the total number of steps.
@@ -131,51 +138,8 @@ impl Trainer {
         if train.is_empty() {
             bail!("no usable training examples");
         }
-        let mode = if cfg.base_weights == "quantized" {
-            WeightMode::Quantized
-        } else {
-            WeightMode::Dense(candle_core::DType::F32)
-        };
-        let mut model = Llama::load(&g, mode, &Device::Cpu)?;
-        let lora = LoraParams::init(&model, &cfg.targets, cfg.rank, cfg.alpha, cfg.seed)?;
-        lora.attach(&mut model, cfg.dropout)?;
-        let moments = lora.params.iter().map(|p| Moments::new(p.value.len(), cfg.adam_8bit)).collect();
-
-        let group = cfg.batch_size * cfg.grad_accum;
-        let steps_per_epoch = train.len().div_ceil(group) as u64;
-        let total_steps = if cfg.max_steps > 0 {
-            cfg.max_steps
-        } else {
-            ((cfg.epochs as f64 * steps_per_epoch as f64).ceil() as u64).max(1)
-        };
-        let fingerprint = {
-            let mut h = Sha256::new();
-            let mut c = cfg.clone();
-            // cadences do not change the result
-            (c.eval_every, c.checkpoint_every, c.log_every) = (0, 0, 0);
-            h.update(c.to_toml());
-            for ex in train.iter().chain(&eval) {
-                for id in &ex.ids {
-                    h.update(id.to_le_bytes());
-                }
-                h.update(ex.mask.iter().map(|&m| m as u8).collect::<Vec<u8>>());
-            }
-            hex::encode(h.finalize())
-        };
         let report = DataReport { train: train.len(), eval: eval.len(), errors };
-        let mut t = Trainer {
-            cfg,
-            dir: dir.to_path_buf(),
-            model,
-            lora,
-            moments,
-            train,
-            eval,
-            step: 0,
-            total_steps,
-            steps_per_epoch,
-            fingerprint,
-        };
+        let mut t = Trainer::with_examples(cfg, &g, train, eval, dir)?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let ckpt = dir.join(checkpoint::FILE);
         if resume {
@@ -201,6 +165,55 @@ impl Trainer {
         }
         vigil_models::fsutil::write_atomic(&dir.join("config.toml"), |f| f.write_all(t.cfg.to_toml().as_bytes()))?;
         Ok((t, report))
+    }
+
+    /// A fresh run over examples already encoded (the benchmark's synthetic sequences, tests).
+    pub fn with_examples(cfg: TrainConfig, g: &Gguf, train: Vec<Example>, eval: Vec<Example>, dir: &Path) -> Result<Self> {
+        cfg.check()?;
+        let mode = if cfg.base_weights == "quantized" {
+            WeightMode::Quantized
+        } else {
+            WeightMode::Dense(candle_core::DType::F32)
+        };
+        let mut model = Llama::load(g, mode, &Device::Cpu)?;
+        let lora = LoraParams::init(&model, &cfg.targets, cfg.rank, cfg.alpha, cfg.seed)?;
+        lora.attach(&mut model, cfg.dropout)?;
+        let moments = lora.params.iter().map(|p| Moments::new(p.value.len(), cfg.adam_8bit)).collect();
+
+        let group = cfg.batch_size * cfg.grad_accum;
+        let steps_per_epoch = train.len().div_ceil(group) as u64;
+        let total_steps = if cfg.max_steps > 0 {
+            cfg.max_steps
+        } else {
+            ((cfg.epochs as f64 * steps_per_epoch as f64).ceil() as u64).max(1)
+        };
+        let fingerprint = {
+            let mut h = Sha256::new();
+            let mut c = cfg.clone();
+            // cadences do not change the result
+            (c.eval_every, c.checkpoint_every, c.log_every) = (0, 0, 0);
+            h.update(c.to_toml());
+            for ex in train.iter().chain(&eval) {
+                for id in &ex.ids {
+                    h.update(id.to_le_bytes());
+                }
+                h.update(ex.mask.iter().map(|&m| m as u8).collect::<Vec<u8>>());
+            }
+            hex::encode(h.finalize())
+        };
+        Ok(Trainer {
+            cfg,
+            dir: dir.to_path_buf(),
+            model,
+            lora,
+            moments,
+            train,
+            eval,
+            step: 0,
+            total_steps,
+            steps_per_epoch,
+            fingerprint,
+        })
     }
 
     /// The examples of optimizer step `step`: each epoch shuffles (seeded by epoch), sorts windows

@@ -1,0 +1,61 @@
+//! `vigil export`: a trained adapter as a GGUF adapter (f32/f16/q8_0), PEFT, a merged GGUF model,
+//! or an Ollama Modelfile.
+
+use anyhow::{bail, Context, Result};
+use vigil_models::chat::ChatTemplate;
+use vigil_models::gguf::{GgmlType, Gguf};
+use vigil_models::lora::LoraAdapter;
+use vigil_trainer::train::export;
+
+use crate::cli::{ExportArgs, ExportFormat, Global};
+
+fn dtype(s: &str) -> Result<GgmlType> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "f32" => GgmlType::F32,
+        "f16" => GgmlType::F16,
+        "bf16" => GgmlType::BF16,
+        "q8_0" => GgmlType::Q8_0,
+        "q4_1" => GgmlType::Q4_1,
+        "q4_0" => GgmlType::Q4_0,
+        other => bail!("--dtype {other}: expected f32, f16, bf16, q8_0, q4_1 or q4_0"),
+    })
+}
+
+pub fn run(args: ExportArgs, _g: &Global) -> Result<()> {
+    let path = if args.adapter.is_dir() { args.adapter.join("adapter.gguf") } else { args.adapter.clone() };
+    let adapter = LoraAdapter::from_gguf(&Gguf::open(&path)?)?;
+    let ty = dtype(&args.dtype)?;
+    let base = || -> Result<(std::path::PathBuf, Gguf)> {
+        let p = crate::commands::resolve_model(&args.model)?;
+        let g = Gguf::open(&p).with_context(|| format!("loading the base model {}", p.display()))?;
+        Ok((p, g))
+    };
+    match args.format {
+        ExportFormat::Gguf => {
+            adapter.to_gguf(ty)?.write_file(&args.out)?;
+        }
+        ExportFormat::Peft => {
+            let (p, g) = base()?;
+            let name = g.opt_str("general.name")?.map(str::to_string).unwrap_or_else(|| p.display().to_string());
+            export::peft(&adapter, &g, &name, &args.out)?;
+        }
+        ExportFormat::Merged => {
+            let (_, g) = base()?;
+            export::merged(&adapter, &g, ty)?.write_file(&args.out)?;
+        }
+        ExportFormat::Ollama => {
+            let (p, g) = base()?;
+            std::fs::create_dir_all(&args.out)?;
+            let base_file = p.file_name().context("base model path")?.to_string_lossy().to_string();
+            let dst = args.out.join(&base_file);
+            if !dst.exists() {
+                std::fs::hard_link(&p, &dst).or_else(|_| std::fs::copy(&p, &dst).map(|_| ()))?;
+            }
+            adapter.to_gguf(ty)?.write_file(args.out.join("adapter.gguf"))?;
+            let mf = export::modelfile(&base_file, "adapter.gguf", ChatTemplate::detect(&g)?);
+            std::fs::write(args.out.join("Modelfile"), mf)?;
+        }
+    }
+    eprintln!("vigil: wrote {}", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! The trainer end to end on a tiny random llama (vigil's own GGUF writer): the loss falls, an
+//! interrupted and resumed run ends with the same adapter bytes as an uninterrupted one (f32 and
+//! 8-bit optimizer states, dropout on), bad data and mismatched resumes are refused with the file
+//! and line named, and the exports load back.
+
+use std::path::{Path, PathBuf};
+
+use vigil_models::cpu::{Llama, Logits, WeightMode};
+use vigil_models::gguf::{GgmlType, Gguf};
+use vigil_models::lora::LoraAdapter;
+use vigil_models::testing::{tiny_llama, TempDir};
+use vigil_trainer::train::config::TrainConfig;
+use vigil_trainer::train::run::{Hooks, Trainer};
+
+fn setup(dir: &Path, lines: &[String]) -> (PathBuf, PathBuf) {
+    let model = dir.join("tiny.gguf");
+    std::fs::write(&model, tiny_llama(GgmlType::Q8_0, 7)).unwrap();
+    let data = dir.join("train.jsonl");
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    (model, data)
+}
+
+/// Short chat examples with a learnable pattern: the answer repeats the request's word.
+fn lines(n: usize) -> Vec<String> {
+    let words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"];
+    (0..n)
+        .map(|i| {
+            let w = words[i % words.len()];
+            serde_json::json!({"messages": [{"role": "user", "content": format!("say {w} ({i})")},
+                                            {"role": "assistant", "content": format!("{w} {w}")}]})
+            .to_string()
+        })
+        .collect()
+}
+
+fn config(model: &Path, data: &Path) -> TrainConfig {
+    TrainConfig {
+        model: model.display().to_string(),
+        data: vec![data.to_path_buf()],
+        eval_fraction: 0.2,
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        lr: 1e-2,
+        batch_size: 2,
+        grad_accum: 2,
+        max_steps: 6,
+        warmup_steps: 1,
+        eval_every: 3,
+        checkpoint_every: 2,
+        max_len: 256,
+        ..TrainConfig::default()
+    }
+}
+
+#[test]
+fn training_lowers_the_loss_and_writes_a_usable_adapter() {
+    let tmp = TempDir::new("train-loss");
+    let (model, data) = setup(tmp.path(), &lines(40));
+    let mut cfg = config(&model, &data);
+    cfg.max_steps = 25;
+    cfg.eval_every = 25;
+    let out = tmp.path().join("run");
+    let (mut t, report) = Trainer::prepare(cfg, &out, false).unwrap();
+    assert!(report.errors.is_empty() && report.train > 20 && report.eval > 0, "{} / {}", report.train, report.eval);
+    let before = t.eval_loss().unwrap().unwrap();
+    let adapter = t.run(Hooks::default()).unwrap().expect("finished");
+    let metrics = t.metrics();
+    let after = metrics.last().unwrap().eval_loss.unwrap();
+    assert!(after < before * 0.8, "eval loss {before} → {after}");
+    let logged = metrics.first().unwrap().eval_loss.unwrap();
+    assert!((logged - before).abs() < 1e-9, "step 0 logs the baseline: {logged} vs {before}");
+    assert!(metrics.iter().all(|m| m.loss.is_nan() || m.loss.is_finite()));
+    for f in ["config.toml", "metrics.jsonl", "loss.svg", "checkpoint.safetensors"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    assert!(std::fs::read_to_string(out.join("loss.svg")).unwrap().contains("<svg"));
+
+    // the adapter file loads in the runtime's model and changes what it predicts
+    let a = LoraAdapter::from_gguf(&Gguf::open(&adapter).unwrap()).unwrap();
+    assert_eq!(a.pairs.len(), 14);
+    let g = Gguf::open(&model).unwrap();
+    let mut m = Llama::load(&g, WeightMode::Quantized, &candle_core::Device::Cpu).unwrap();
+    let ids = [256u32, 72, 101, 108];
+    let base = Llama::logits_vec(&m.forward(&ids, None, Logits::Last).unwrap()).unwrap();
+    m.set_adapter(Some(&a)).unwrap();
+    let tuned = Llama::logits_vec(&m.forward(&ids, None, Logits::Last).unwrap()).unwrap();
+    assert!(base.iter().zip(&tuned).any(|(x, y)| (x - y).abs() > 1e-3));
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_adapter_bytes() {
+    for eight_bit in [false, true] {
+        let tmp = TempDir::new("train-resume");
+        let (model, data) = setup(tmp.path(), &lines(24));
+        let mut cfg = config(&model, &data);
+        cfg.adam_8bit = eight_bit;
+
+        let whole = tmp.path().join("whole");
+        let (mut t, _) = Trainer::prepare(cfg.clone(), &whole, false).unwrap();
+        let a = t.run(Hooks::default()).unwrap().unwrap();
+
+        let split = tmp.path().join("split");
+        let (mut t, _) = Trainer::prepare(cfg.clone(), &split, false).unwrap();
+        // stopped after step 3: the last periodic checkpoint was step 2, and step 3 is saved on stop
+        assert!(t.run(Hooks { stop_after: Some(3), ..Default::default() }).unwrap().is_none());
+        assert!(!split.join("adapter.gguf").exists());
+        drop(t);
+        let (mut t, _) = Trainer::prepare(cfg.clone(), &split, true).unwrap();
+        assert_eq!(t.step, 3);
+        let b = t.run(Hooks::default()).unwrap().unwrap();
+
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "8-bit states: {eight_bit}");
+        let (ma, mb) = (std::fs::read_to_string(whole.join("metrics.jsonl")).unwrap(), std::fs::read_to_string(split.join("metrics.jsonl")).unwrap());
+        let losses = |s: &str| s.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].to_string()).collect::<Vec<_>>();
+        assert_eq!(losses(&ma), losses(&mb), "the same losses, step by step");
+
+        // a fresh run refuses to overwrite; a resume with other settings is refused
+        assert!(Trainer::prepare(cfg.clone(), &split, false).err().unwrap().to_string().contains("--resume"));
+        let mut other = cfg.clone();
+        other.lr = 5e-3;
+        assert!(Trainer::prepare(other, &split, true).err().unwrap().to_string().contains("different config or data"));
+    }
+}
+
+#[test]
+fn bad_lines_are_named_and_nothing_is_dropped_silently() {
+    let tmp = TempDir::new("train-bad");
+    let mut l = lines(6);
+    l.insert(2, "{not json".into());
+    l.insert(4, r#"{"text": "x", "label": "unsafe", "policies": ["spam"], "reasoning": "r"}"#.into());
+    let (model, data) = setup(tmp.path(), &l);
+    let cfg = config(&model, &data);
+    let e = Trainer::prepare(cfg.clone(), &tmp.path().join("r"), false).err().unwrap().to_string();
+    assert!(e.contains("2 invalid training line(s)"), "{e}");
+    assert!(e.contains("train.jsonl:3: not valid JSON"), "{e}");
+    assert!(e.contains("train.jsonl:5: unknown policy `spam`"), "{e}");
+    let mut skip = cfg;
+    skip.skip_invalid = true;
+    let (_, report) = Trainer::prepare(skip, &tmp.path().join("r2"), false).unwrap();
+    assert_eq!(report.errors.len(), 2);
+    assert_eq!(report.train + report.eval, 6);
+}
