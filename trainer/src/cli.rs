@@ -233,6 +233,9 @@ pub struct BenchArgs {
     pub rank: usize,
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
+    /// Training benchmark: keep the base weights quantized (QLoRA) instead of dequantized f32.
+    #[arg(long)]
+    pub quantized: bool,
     /// Memory bandwidth in GB/s, to print the bandwidth bound of decoding next to the speed.
     #[arg(long)]
     pub bandwidth_gbs: Option<f64>,

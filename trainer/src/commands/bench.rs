@@ -194,6 +194,7 @@ fn train(args: BenchArgs, g: &Global) -> Result<()> {
         batch_size: args.batch,
         grad_accum: 1,
         max_steps: (args.steps + 1) as u64,
+        base_weights: if args.quantized { "quantized" } else { "f32" }.into(),
         ..TrainConfig::default()
     };
     let dir = std::env::temp_dir().join(format!("vigil-bench-train-{}", std::process::id()));
@@ -215,17 +216,18 @@ fn train(args: BenchArgs, g: &Global) -> Result<()> {
     if args.json {
         println!(
             "{}",
-            json!({"threads": threads, "seq": args.seq, "batch": args.batch, "rank": args.rank, "lora_params": params,
+            json!({"threads": threads, "quantized": args.quantized, "seq": args.seq, "batch": args.batch, "rank": args.rank, "lora_params": params,
                    "tok_s": tok_s, "peak_rss_gb": peak, "peft_tok_s": PEFT_TOK_S, "peft_peak_gb": PEFT_PEAK_GB,
                    "speed_ratio": tok_s / PEFT_TOK_S, "memory_ratio": peak.map(|p| p / PEFT_PEAK_GB)})
         );
     } else {
         println!(
-            "LoRA r{} on {} layers ({params} parameters), seq {} × batch {}, fp32, {threads} threads, median of {} steps",
+            "LoRA r{} on {} layers ({params} parameters), seq {} × batch {}, fp32, base weights {}, {threads} threads, median of {} steps",
             args.rank,
             t.lora.layers.len(),
             args.seq,
             args.batch,
+            if args.quantized { "quantized (QLoRA)" } else { "dequantized f32" },
             args.steps.max(1)
         );
         println!("{:<22} {:>12} {:>14}", "", "tokens/s", "peak RSS GB");

@@ -1,0 +1,174 @@
+//! Interop: an adapter trained and exported by vigil is loaded by llama.cpp (`lora_path`, the
+//! same loader as `--lora`) and gives the greedy tokens vigil's runtime gives with it — on the
+//! CPU backend and on the WGSL backend (lavapipe in CI) — on the real SmolLM2-135M-Instruct.
+//!
+//! llama.cpp comes from `scripts/build-llama-cpp` (VIGIL_LLAMA_CPP, default
+//! target/llama.cpp/llama_cpp_python-0.3.36), driven through its Python bindings by
+//! `tools/llama_lora_tokens.py`, which also reports llama.cpp's top-1 margins: as in the golden
+//! test, a greedy step may differ only where llama.cpp's own margin is a near-tie.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde::Deserialize;
+use vigil_models::gguf::{GgmlType, Gguf};
+use vigil_models::lora::LoraAdapter;
+use vigil_models::testing::{model_for_test, repo_root, strict, TempDir};
+use vigil_runtime::backend::cpu::CpuBackend;
+use vigil_runtime::backend::Backend;
+use vigil_trainer::train::config::TrainConfig;
+use vigil_trainer::train::run::{Hooks, Trainer};
+
+const N: usize = 24;
+/// Same reasoning as golden_llama_cpp.rs: two correct implementations of 8-bit activations
+/// disagree by up to ~1 logit, so only near-ties may flip.
+const NEAR_TIE: f64 = 0.5;
+
+#[derive(Deserialize)]
+struct Run {
+    ids: Vec<u32>,
+    margins: Vec<f64>,
+}
+
+fn llama_cpp_dir() -> Option<PathBuf> {
+    let dir = std::env::var("VIGIL_LLAMA_CPP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target/llama.cpp/llama_cpp_python-0.3.36"));
+    if dir.join("vendor/llama.cpp/build/bin/libllama.so").exists() {
+        return Some(dir);
+    }
+    let hint = format!("llama.cpp is not built at {} (run scripts/build-llama-cpp)", dir.display());
+    if strict() {
+        panic!("{hint} (VIGIL_STRICT=1: missing test assets are failures)");
+    }
+    eprintln!("SKIPPED: {hint}");
+    None
+}
+
+fn llama_tokens(dir: &PathBuf, model: &PathBuf, lora: Option<&PathBuf>, prompts: &[Vec<u32>]) -> Vec<Run> {
+    let req = serde_json::json!({"model": model, "lora": lora, "prompts": prompts, "n": N});
+    let mut child = Command::new(std::env::var("VIGIL_PYTHON").unwrap_or_else(|_| "python3".into()))
+        .arg(repo_root().join("tools/llama_lora_tokens.py"))
+        .env("PYTHONPATH", dir)
+        .env("LLAMA_CPP_LIB_PATH", dir.join("vendor/llama.cpp/build/bin"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(req.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "llama.cpp reference failed: {}", String::from_utf8_lossy(&out.stderr));
+    #[derive(Deserialize)]
+    struct Out {
+        results: Vec<Run>,
+    }
+    serde_json::from_slice::<Out>(&out.stdout).unwrap().results
+}
+
+fn greedy(b: &mut dyn Backend, prompt: &[u32]) -> Vec<u32> {
+    let mut s = vigil_models::cpu::Sampler::new(vigil_models::cpu::SamplingParams::greedy());
+    b.truncate(0);
+    let mut t = b.forward_sample(prompt, &mut s).unwrap();
+    let mut out = vec![t];
+    while out.len() < N {
+        t = b.forward_sample(&[t], &mut s).unwrap();
+        out.push(t);
+    }
+    out
+}
+
+/// Agreement of vigil's tokens with llama.cpp's: identical, or diverging first at a near-tie.
+fn agrees(ours: &[u32], theirs: &Run) -> Result<bool, String> {
+    match ours.iter().zip(&theirs.ids).position(|(a, b)| a != b) {
+        None => Ok(true),
+        Some(i) if theirs.margins[i] < NEAR_TIE => Ok(false),
+        Some(i) => Err(format!(
+            "step {i}: vigil {} vs llama.cpp {} with llama.cpp's margin {:.3}\n  vigil:     {ours:?}\n  llama.cpp: {:?}",
+            ours[i], theirs.ids[i], theirs.margins[i], theirs.ids
+        )),
+    }
+}
+
+fn check(label: &str, backend: &mut dyn Backend, prompts: &[Vec<u32>], reference: &[Run]) {
+    let mut identical = 0;
+    for (p, r) in prompts.iter().zip(reference) {
+        let ours = greedy(backend, p);
+        match agrees(&ours, r) {
+            Ok(true) => identical += 1,
+            Ok(false) => eprintln!("{label}: a near-tie flip (allowed)"),
+            Err(e) => panic!("{label}: vigil and llama.cpp disagree with the adapter: {e}"),
+        }
+    }
+    assert!(identical + 1 >= prompts.len(), "{label}: only {identical} of {} prompts identical", prompts.len());
+    eprintln!("{label}: {identical}/{} prompts × {N} greedy tokens identical to llama.cpp", prompts.len());
+}
+
+#[test]
+fn a_vigil_adapter_gives_llama_cpps_tokens() {
+    let Some(model) = model_for_test("smollm2") else { return };
+    let Some(dir) = llama_cpp_dir() else { return };
+    let tmp = TempDir::new("lora-interop");
+
+    // a short real training run: the adapter learns a distinctive answer
+    let data = tmp.path().join("train.jsonl");
+    let questions = ["What is the capital of France?", "Name a primary colour.", "How many legs has a cat?", "What is 2 + 2?"];
+    let lines: Vec<String> = questions
+        .iter()
+        .map(|q| {
+            serde_json::json!({"messages": [{"role": "user", "content": q},
+                {"role": "assistant", "content": "Vigil says: zebra. The zebra answer is always zebra."}]})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let cfg = TrainConfig {
+        model: model.display().to_string(),
+        data: vec![data],
+        eval_fraction: 0.0,
+        base_weights: "quantized".into(),
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        lr: 1e-2,
+        batch_size: 2,
+        grad_accum: 1,
+        max_steps: 6,
+        warmup_steps: 1,
+        eval_every: 0,
+        checkpoint_every: 0,
+        ..TrainConfig::default()
+    };
+    let (mut t, _) = Trainer::prepare(cfg, &tmp.path().join("run"), false).unwrap();
+    let trained = t.run(Hooks::default()).unwrap().unwrap();
+    drop(t);
+    let adapter = LoraAdapter::from_gguf(&Gguf::open(&trained).unwrap()).unwrap();
+
+    let g = Gguf::open(&model).unwrap();
+    let tok = vigil_models::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+    let chat = vigil_models::chat::ChatTemplate::detect(&g).unwrap();
+    let prompts: Vec<Vec<u32>> = ["What is the capital of France?", "Name a primary colour.", "Tell me about the sea."]
+        .iter()
+        .map(|q| chat.encode(&tok, &[vigil_models::chat::Message::user(*q)], true).unwrap().ids)
+        .collect();
+
+    let mut cpu = CpuBackend::load(&g, 512).unwrap();
+    let base: Vec<Vec<u32>> = prompts.iter().map(|p| greedy(&mut cpu, p)).collect();
+    for (ty, name) in [(GgmlType::F16, "adapter-f16.gguf"), (GgmlType::Q8_0, "adapter-q8_0.gguf")] {
+        let path = tmp.path().join(name);
+        adapter.to_gguf(ty).unwrap().write_file(&path).unwrap();
+        // what the file holds (f16 / q8_0 rounding included) is what both runtimes apply
+        let stored = LoraAdapter::from_gguf(&Gguf::open(&path).unwrap()).unwrap();
+        let reference = llama_tokens(&dir, &model, Some(&path), &prompts);
+        cpu.set_adapter(Some(&stored)).unwrap();
+        let tuned: Vec<Vec<u32>> = prompts.iter().map(|p| greedy(&mut cpu, p)).collect();
+        assert_ne!(tuned, base, "{name}: the trained adapter changes no greedy token");
+        check(&format!("CPU, {name}"), &mut cpu, &prompts, &reference);
+        if let Some(gpu) = vigil_kernels::context::gpu_for_test() {
+            let mut gb = vigil_runtime::backend::gpu::GpuBackend::load(std::sync::Arc::new(gpu), &g, 512).unwrap();
+            gb.set_adapter(Some(&stored)).unwrap();
+            check(&format!("WGSL, {name}"), &mut gb, &prompts, &reference);
+        }
+    }
+}
