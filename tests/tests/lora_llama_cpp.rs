@@ -113,7 +113,8 @@ fn a_vigil_adapter_gives_llama_cpps_tokens() {
 
     // a short real training run: the adapter learns a distinctive answer
     let data = tmp.path().join("train.jsonl");
-    let questions = ["What is the capital of France?", "Name a primary colour.", "How many legs has a cat?", "What is 2 + 2?"];
+    let questions =
+        ["What is the capital of France?", "Name a primary colour.", "How many legs has a cat?", "What is 2 + 2?"];
     let lines: Vec<String> = questions
         .iter()
         .map(|q| {

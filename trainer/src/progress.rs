@@ -47,7 +47,9 @@ pub fn steps(label: &str, total: u64) -> ProgressBar {
     }
     let pb = ProgressBar::new(total);
     pb.set_style(
-        ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} {msg} eta {eta}").unwrap().progress_chars("=> "),
+        ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+            .unwrap()
+            .progress_chars("=> "),
     );
     pb.set_prefix(label.to_string());
     pb

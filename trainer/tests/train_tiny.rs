@@ -111,8 +111,15 @@ fn an_interrupted_run_resumes_to_the_same_adapter_bytes() {
         let b = t.run(Hooks::default()).unwrap().unwrap();
 
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "8-bit states: {eight_bit}");
-        let (ma, mb) = (std::fs::read_to_string(whole.join("metrics.jsonl")).unwrap(), std::fs::read_to_string(split.join("metrics.jsonl")).unwrap());
-        let losses = |s: &str| s.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].to_string()).collect::<Vec<_>>();
+        let (ma, mb) = (
+            std::fs::read_to_string(whole.join("metrics.jsonl")).unwrap(),
+            std::fs::read_to_string(split.join("metrics.jsonl")).unwrap(),
+        );
+        let losses = |s: &str| {
+            s.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(losses(&ma), losses(&mb), "the same losses, step by step");
 
         // a fresh run refuses to overwrite; a resume with other settings is refused
@@ -140,4 +147,93 @@ fn bad_lines_are_named_and_nothing_is_dropped_silently() {
     let (_, report) = Trainer::prepare(skip, &tmp.path().join("r2"), false).unwrap();
     assert_eq!(report.errors.len(), 2);
     assert_eq!(report.train + report.eval, 6);
+}
+
+/// The CLI end to end: `vigil train` (config file + --set), `--stop-after` then `--resume`, and
+/// every `vigil export` format, each checked by loading it back.
+#[test]
+fn the_cli_trains_resumes_and_exports() {
+    let tmp = TempDir::new("train-cli");
+    let (model, data) = setup(tmp.path(), &lines(16));
+    let vigil = env!("CARGO_BIN_EXE_vigil");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(vigil).args(args).env("VIGIL_THREADS", "2").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "vigil {args:?} failed:\n{err}");
+        err
+    };
+    let cfg = tmp.path().join("run.toml");
+    std::fs::write(&cfg, "rank = 4\nalpha = 8.0\nmax_len = 256\nbatch_size = 2\nmax_steps = 4\neval_fraction = 0.25\n")
+        .unwrap();
+    let out = tmp.path().join("run");
+    let (m, d, c, o) = (model.to_str().unwrap(), data.to_str().unwrap(), cfg.to_str().unwrap(), out.to_str().unwrap());
+    let shown = std::process::Command::new(vigil)
+        .args(["train", "--config", c, "--set", "lr=3e-3", "-o", o, "--show-config"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout).to_string();
+    assert!(shown.contains("lr = 0.003") && shown.contains("rank = 4"), "{shown}");
+    let first = run(&["train", "--config", c, "-m", m, "--data", d, "--set", "lr=3e-3", "-o", o, "--stop-after", "2"]);
+    assert!(first.contains("stopped at step 2"), "{first}");
+    let second = run(&["train", "-o", o, "--resume"]);
+    assert!(second.contains("resuming at step 2") && second.contains("done."), "{second}");
+    let adapter = out.join("adapter.gguf");
+
+    let g = Gguf::open(&model).unwrap();
+    for dtype in ["f32", "f16", "q8_0"] {
+        let p = tmp.path().join(format!("a-{dtype}.gguf"));
+        run(&["export", o, "--format", "gguf", "--dtype", dtype, "-m", m, "-o", p.to_str().unwrap()]);
+        let a = LoraAdapter::from_gguf(&Gguf::open(&p).unwrap()).unwrap();
+        assert_eq!(a.pairs.len(), 14, "{dtype}");
+    }
+    let peft = tmp.path().join("peft");
+    run(&["export", adapter.to_str().unwrap(), "--format", "peft", "-m", m, "-o", peft.to_str().unwrap()]);
+    let conf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(peft.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (conf["peft_type"].as_str(), conf["r"].as_u64(), conf["lora_alpha"].as_f64()),
+        (Some("LORA"), Some(4), Some(8.0))
+    );
+    assert_eq!(conf["target_modules"].as_array().unwrap().len(), 7);
+    let bytes = std::fs::read(peft.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.len(), 28);
+    let a = st.tensor("base_model.model.model.layers.1.mlp.down_proj.lora_A.weight").unwrap();
+    assert_eq!(a.shape(), [4, 128]);
+    let b = st.tensor("base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight").unwrap();
+    assert_eq!(b.shape(), [32, 4]);
+
+    // merged: f32 equals base + adapter; q8_0 close to it
+    let trained = LoraAdapter::from_gguf(&Gguf::open(&adapter).unwrap()).unwrap();
+    let ids = [256u32, 115, 97, 121, 32, 101];
+    let mut reference = Llama::load(&g, WeightMode::Dense(candle_core::DType::F32), &candle_core::Device::Cpu).unwrap();
+    reference.set_adapter(Some(&trained)).unwrap();
+    let want = Llama::logits_vec(&reference.forward(&ids, None, Logits::Last).unwrap()).unwrap();
+    for (dtype, tol) in [("f32", 1e-3), ("q8_0", 0.3)] {
+        let p = tmp.path().join(format!("merged-{dtype}.gguf"));
+        run(&["export", o, "--format", "merged", "--dtype", dtype, "-m", m, "-o", p.to_str().unwrap()]);
+        let mg = Gguf::open(&p).unwrap();
+        let merged = Llama::load(&mg, WeightMode::Dense(candle_core::DType::F32), &candle_core::Device::Cpu).unwrap();
+        let got = Llama::logits_vec(&merged.forward(&ids, None, Logits::Last).unwrap()).unwrap();
+        let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < tol, "merged {dtype}: max logit difference {diff}");
+    }
+    let ollama = tmp.path().join("ollama");
+    run(&["export", o, "--format", "ollama", "-m", m, "-o", ollama.to_str().unwrap()]);
+    let mf = std::fs::read_to_string(ollama.join("Modelfile")).unwrap();
+    assert!(
+        mf.contains("FROM ./tiny.gguf")
+            && mf.contains("ADAPTER ./adapter.gguf")
+            && mf.contains("PARAMETER stop \"<|im_end|>\""),
+        "{mf}"
+    );
+    assert!(ollama.join("tiny.gguf").is_file() && ollama.join("adapter.gguf").is_file());
+
+    // bad input: a base model given as the adapter is refused by name
+    let bad = std::process::Command::new(vigil)
+        .args(["export", m, "-o", tmp.path().join("x.gguf").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is this a base model?"));
 }

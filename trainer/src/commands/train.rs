@@ -57,7 +57,10 @@ pub fn run(args: TrainArgs, _g: &Global) -> Result<()> {
         let eval = m.eval_loss.map_or(String::new(), |e| format!(" eval {e:.3}"));
         pb.set_message(format!("loss {:.3}{eval} lr {:.1e} {:.0} tok/s", m.loss, m.lr, m.tok_per_s));
         if pb.is_hidden() {
-            eprintln!("step {}/{}: loss {:.4}{eval} lr {:.2e} gnorm {:.3} {:.0} tok/s", m.step, _total, m.loss, m.lr, m.grad_norm, m.tok_per_s);
+            eprintln!(
+                "step {}/{}: loss {:.4}{eval} lr {:.2e} gnorm {:.3} {:.0} tok/s",
+                m.step, _total, m.loss, m.lr, m.grad_norm, m.tok_per_s
+            );
         }
     };
     let done = trainer.run(Hooks { on_step: Some(&mut on_step), stop_after: args.stop_after })?;
@@ -65,7 +68,10 @@ pub fn run(args: TrainArgs, _g: &Global) -> Result<()> {
     let dir = args.out.display();
     match done {
         Some(adapter) => {
-            eprintln!("vigil: done. adapter {} · curve {dir}/loss.svg · metrics {dir}/metrics.jsonl", adapter.display());
+            eprintln!(
+                "vigil: done. adapter {} · curve {dir}/loss.svg · metrics {dir}/metrics.jsonl",
+                adapter.display()
+            );
             eprintln!("       classify with: vigil classify --adapter {} \"…\"", adapter.display());
         }
         None => eprintln!("vigil: stopped at step {}; continue with: vigil train --out {dir} --resume", trainer.step),

@@ -60,7 +60,8 @@ pub fn peft(adapter: &LoraAdapter, base: &Gguf, base_name: &str, dir: &Path) -> 
     let mut rank = 0;
     for (name, p) in &adapter.pairs {
         let (layer, proj) = split_name(name).with_context(|| format!("tensor `{name}` is not a block projection"))?;
-        let (group, module) = hf_module(proj).with_context(|| format!("tensor `{name}`: no PEFT module for `{proj}`"))?;
+        let (group, module) =
+            hf_module(proj).with_context(|| format!("tensor `{name}`: no PEFT module for `{proj}`"))?;
         modules.insert(module);
         rank = p.r;
         let b = match (cfg.arch, proj) {
@@ -94,7 +95,9 @@ pub fn peft(adapter: &LoraAdapter, base: &Gguf, base_name: &str, dir: &Path) -> 
         "inference_mode": true,
     });
     let text = serde_json::to_string_pretty(&config)?;
-    vigil_models::fsutil::write_atomic(&dir.join("adapter_config.json"), |f| std::io::Write::write_all(f, text.as_bytes()))?;
+    vigil_models::fsutil::write_atomic(&dir.join("adapter_config.json"), |f| {
+        std::io::Write::write_all(f, text.as_bytes())
+    })?;
     Ok(())
 }
 
@@ -105,7 +108,13 @@ pub fn merged(adapter: &LoraAdapter, base: &Gguf, ty: GgmlType) -> Result<GgufWr
         bail!("merged models are written as f32, f16, q8_0, q4_1 or q4_0, not {ty}");
     }
     if adapter.arch != base.str("general.architecture")? {
-        bail!("{}: the adapter is for `{}`, {} is `{}`", adapter.name, adapter.arch, base.name(), base.str("general.architecture")?);
+        bail!(
+            "{}: the adapter is for `{}`, {} is `{}`",
+            adapter.name,
+            adapter.arch,
+            base.name(),
+            base.str("general.architecture")?
+        );
     }
     let mut w = GgufWriter::new();
     for (k, v) in base.metadata() {

@@ -46,7 +46,6 @@ pub struct Metrics {
     pub elapsed_s: f64,
 }
 
-
 fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
@@ -168,7 +167,13 @@ impl Trainer {
     }
 
     /// A fresh run over examples already encoded (the benchmark's synthetic sequences, tests).
-    pub fn with_examples(cfg: TrainConfig, g: &Gguf, train: Vec<Example>, eval: Vec<Example>, dir: &Path) -> Result<Self> {
+    pub fn with_examples(
+        cfg: TrainConfig,
+        g: &Gguf,
+        train: Vec<Example>,
+        eval: Vec<Example>,
+        dir: &Path,
+    ) -> Result<Self> {
         cfg.check()?;
         let mode = if cfg.base_weights == "quantized" {
             WeightMode::Quantized
