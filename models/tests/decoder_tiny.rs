@@ -121,35 +121,31 @@ fn loss(m: &Llama, probe: &Tensor) -> Tensor {
     (logits * probe).unwrap().sum_all().unwrap()
 }
 
-#[test]
-fn every_lora_tensor_gets_a_gradient_equal_to_finite_differences() {
-    // f64 dense weights: finite differences are then accurate to ~1e-8.
-    let (_, mut m) = model(GgmlType::F32, WeightMode::Dense(DType::F64));
-    let (branches, vars) = lora_vars(&m, DType::F64, 5);
-    m.set_lora_branches(branches).unwrap();
-    let probe = Tensor::randn(0f64, 1.0, (TOKENS.len(), m.config().vocab_size), &Device::Cpu).unwrap();
-    let grads = loss(&m, &probe).backward().unwrap();
-    assert_eq!(vars.len(), 14, "7 projections × 2 layers");
+/// Checks every LoRA tensor's gradient in `grads` (from `loss`) is non-zero and equals central
+/// finite differences of `loss` at three elements; returns how many elements were checked.
+fn check_finite_differences(
+    vars: &LoraVars,
+    grads: &candle_core::backprop::GradStore,
+    loss: impl Fn() -> f64,
+) -> usize {
     let eps = 1e-5;
     let mut checked = 0;
-    for (name, a, b) in &vars {
+    for (name, a, b) in vars {
         for (which, v) in [("A", a), ("B", b)] {
             let g = grads.get(v).unwrap_or_else(|| panic!("{name} {which}: no gradient recorded"));
             let gv: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
             assert!(gv.iter().any(|x| x.abs() > 1e-10), "{name} {which}: gradient is zero");
-            // finite differences on three elements of every tensor
             let base: Vec<f64> = v.flatten_all().unwrap().to_vec1().unwrap();
-            for &idx in &[0, base.len() / 2, base.len() - 1] {
-                let mut plus = base.clone();
-                plus[idx] += eps;
-                v.set(&Tensor::from_vec(plus, v.shape(), &Device::Cpu).unwrap()).unwrap();
-                let lp = loss(&m, &probe).to_scalar::<f64>().unwrap();
-                let mut minus = base.clone();
-                minus[idx] -= eps;
-                v.set(&Tensor::from_vec(minus, v.shape(), &Device::Cpu).unwrap()).unwrap();
-                let lm = loss(&m, &probe).to_scalar::<f64>().unwrap();
-                v.set(&Tensor::from_vec(base.clone(), v.shape(), &Device::Cpu).unwrap()).unwrap();
-                let fd = (lp - lm) / (2.0 * eps);
+            let set = |w: Vec<f64>| v.set(&Tensor::from_vec(w, v.shape(), &Device::Cpu).unwrap()).unwrap();
+            for &idx in &[1, base.len() / 2, base.len() - 1] {
+                let at = |delta: f64| {
+                    let mut w = base.clone();
+                    w[idx] += delta;
+                    set(w);
+                    loss()
+                };
+                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                set(base.clone());
                 let an = gv[idx];
                 assert!(
                     (fd - an).abs() <= 1e-5 * (1.0 + an.abs().max(fd.abs())),
@@ -159,6 +155,19 @@ fn every_lora_tensor_gets_a_gradient_equal_to_finite_differences() {
             }
         }
     }
+    checked
+}
+
+#[test]
+fn every_lora_tensor_gets_a_gradient_equal_to_finite_differences() {
+    // f64 dense weights: finite differences are then accurate to ~1e-8.
+    let (_, mut m) = model(GgmlType::F32, WeightMode::Dense(DType::F64));
+    let (branches, vars) = lora_vars(&m, DType::F64, 5);
+    m.set_lora_branches(branches).unwrap();
+    let probe = Tensor::randn(0f64, 1.0, (TOKENS.len(), m.config().vocab_size), &Device::Cpu).unwrap();
+    let grads = loss(&m, &probe).backward().unwrap();
+    assert_eq!(vars.len(), 14, "7 projections × 2 layers");
+    let checked = check_finite_differences(&vars, &grads, || loss(&m, &probe).to_scalar::<f64>().unwrap());
     assert_eq!(checked, 14 * 2 * 3);
 }
 
@@ -183,30 +192,8 @@ fn the_training_loss_gradient_matches_finite_differences() {
     let l0 = loss(&m);
     assert_eq!(m.target_losses(&TOKENS, &mask).unwrap().dims(), [5], "one term per target token");
     let grads = l0.backward().unwrap();
-    let eps = 1e-5;
-    for (name, a, b) in &vars {
-        for (which, v) in [("A", a), ("B", b)] {
-            let g = grads.get(v).unwrap_or_else(|| panic!("{name} {which}: no gradient recorded"));
-            let gv: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
-            assert!(gv.iter().any(|x| x.abs() > 1e-10), "{name} {which}: gradient is zero");
-            let base: Vec<f64> = v.flatten_all().unwrap().to_vec1().unwrap();
-            for &idx in &[1, base.len() / 3, base.len() - 2] {
-                let at = |delta: f64| {
-                    let mut w = base.clone();
-                    w[idx] += delta;
-                    v.set(&Tensor::from_vec(w, v.shape(), &Device::Cpu).unwrap()).unwrap();
-                    loss(&m).to_scalar::<f64>().unwrap()
-                };
-                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
-                v.set(&Tensor::from_vec(base.clone(), v.shape(), &Device::Cpu).unwrap()).unwrap();
-                let an = gv[idx];
-                assert!(
-                    (fd - an).abs() <= 1e-5 * (1.0 + an.abs().max(fd.abs())),
-                    "{name} {which}[{idx}]: analytic {an} vs finite difference {fd}"
-                );
-            }
-        }
-    }
+    let checked = check_finite_differences(&vars, &grads, || loss(&m).to_scalar::<f64>().unwrap());
+    assert_eq!(checked, 14 * 2 * 3);
     // the masks really drop inputs: another seed gives another loss
     seed.store(99, std::sync::atomic::Ordering::Relaxed);
     let l1 = loss(&m).to_scalar::<f64>().unwrap();

@@ -55,10 +55,10 @@ pub struct Loaded {
 pub fn conversations(v: &Value, guard: GuardRendering) -> Result<Vec<(String, Vec<Message>)>> {
     let obj = v.as_object().context("a line must be a JSON object")?;
     if let Some(m) = obj.get("messages") {
-        return Ok(vec![(String::new(), openai(m)?)]);
+        return Ok(vec![(String::new(), turns(m, "messages", "role", "content")?)]);
     }
     if let Some(c) = obj.get("conversations") {
-        return Ok(vec![(String::new(), sharegpt(c)?)]);
+        return Ok(vec![(String::new(), turns(c, "conversations", "from", "value")?)]);
     }
     if obj.contains_key("instruction") || obj.contains_key("output") {
         return Ok(vec![(String::new(), alpaca(obj)?)]);
@@ -86,33 +86,19 @@ fn message(role: &str, content: &str) -> Result<Message> {
     })
 }
 
-fn openai(m: &Value) -> Result<Vec<Message>> {
-    let arr = m.as_array().context("`messages` must be an array")?;
-    arr.iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = m.get("role").and_then(Value::as_str).with_context(|| format!("messages[{i}] has no `role`"))?;
-            let content = m
-                .get("content")
-                .and_then(Value::as_str)
-                .with_context(|| format!("messages[{i}] has no string `content`"))?;
-            message(role, content).with_context(|| format!("messages[{i}]"))
-        })
-        .collect()
-}
-
-fn sharegpt(c: &Value) -> Result<Vec<Message>> {
-    let arr = c.as_array().context("`conversations` must be an array")?;
+/// A list of turns: OpenAI (`messages`, `role`/`content`) or ShareGPT (`conversations`, `from`/`value`).
+fn turns(list: &Value, field: &str, role_key: &str, content_key: &str) -> Result<Vec<Message>> {
+    let arr = list.as_array().with_context(|| format!("`{field}` must be an array"))?;
     arr.iter()
         .enumerate()
         .map(|(i, m)| {
             let role =
-                m.get("from").and_then(Value::as_str).with_context(|| format!("conversations[{i}] has no `from`"))?;
+                m.get(role_key).and_then(Value::as_str).with_context(|| format!("{field}[{i}] has no `{role_key}`"))?;
             let content = m
-                .get("value")
+                .get(content_key)
                 .and_then(Value::as_str)
-                .with_context(|| format!("conversations[{i}] has no string `value`"))?;
-            message(role, content).with_context(|| format!("conversations[{i}]"))
+                .with_context(|| format!("{field}[{i}] has no string `{content_key}`"))?;
+            message(role, content).with_context(|| format!("{field}[{i}]"))
         })
         .collect()
 }
