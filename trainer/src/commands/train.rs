@@ -1,6 +1,6 @@
 //! `vigil train`: resolve the config, load data and model, run the loop with a progress bar.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use vigil_trainer::train::config::TrainConfig;
 use vigil_trainer::train::run::{Hooks, Metrics, Trainer};
 
@@ -8,18 +8,25 @@ use crate::cli::{Global, TrainArgs};
 
 pub fn run(args: TrainArgs, _g: &Global) -> Result<()> {
     let mut overrides = Vec::new();
-    let list = |files: &[std::path::PathBuf]| {
-        let items: Vec<String> = files.iter().map(|f| format!("{:?}", f.display().to_string())).collect();
-        format!("[{}]", items.join(", "))
+    // absolute paths, so a run resumes from any working directory
+    let list = |files: &[std::path::PathBuf]| -> Result<String> {
+        let items: Vec<String> = files
+            .iter()
+            .map(|f| {
+                let abs = std::fs::canonicalize(f).with_context(|| format!("data file {}", f.display()))?;
+                Ok(toml::Value::String(abs.display().to_string()).to_string())
+            })
+            .collect::<Result<_>>()?;
+        Ok(format!("[{}]", items.join(", ")))
     };
     if !args.data.is_empty() {
-        overrides.push(format!("data={}", list(&args.data)));
+        overrides.push(format!("data={}", list(&args.data)?));
     }
     if !args.eval_data.is_empty() {
-        overrides.push(format!("eval_data={}", list(&args.eval_data)));
+        overrides.push(format!("eval_data={}", list(&args.eval_data)?));
     }
     if let Some(m) = &args.model {
-        overrides.push(format!("model={m:?}"));
+        overrides.push(format!("model={}", toml::Value::String(m.clone())));
     }
     overrides.extend(args.overrides.iter().cloned());
     let mut cfg = if args.resume && args.config.is_none() && overrides.is_empty() {

@@ -116,7 +116,21 @@ impl TrainConfig {
         let mut table: toml::Table = toml::from_str(base).expect("presets are valid TOML");
         if let Some(f) = file {
             let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-            let t: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", f.display()))?;
+            let mut t: toml::Table =
+                toml::from_str(&text).with_context(|| format!("{} is not valid TOML", f.display()))?;
+            // relative data paths in a config file are relative to that file
+            let dir = f.parent().unwrap_or(Path::new(""));
+            for key in ["data", "eval_data"] {
+                if let Some(toml::Value::Array(list)) = t.get_mut(key) {
+                    for v in list.iter_mut() {
+                        if let toml::Value::String(p) = v {
+                            if Path::new(p.as_str()).is_relative() {
+                                *p = dir.join(p.as_str()).display().to_string();
+                            }
+                        }
+                    }
+                }
+            }
             table.extend(t);
         }
         for o in overrides {
@@ -192,6 +206,10 @@ mod tests {
         assert_eq!((c.rank, c.lr, c.format.as_str(), c.alpha), (4, 3e-3, "dual-stream", 16.0));
         let round: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(round, c);
+
+        std::fs::write(&f, "data = [\"train.jsonl\", \"/abs/x.jsonl\"]\n").unwrap();
+        let c = TrainConfig::resolve("default", Some(&f), &[]).unwrap();
+        assert_eq!(c.data, [dir.join("train.jsonl"), PathBuf::from("/abs/x.jsonl")]);
 
         std::fs::write(&f, "rnak = 4\n").unwrap();
         let e = format!("{:#}", TrainConfig::resolve("default", Some(&f), &[]).unwrap_err());
