@@ -71,6 +71,45 @@ impl CustomOp1 for QMatMul {
     }
 }
 
+/// x [.., k] · Wᵀ for a frozen dense weight W [n, k] (f32 or f64). Backward: dX = dY·W only.
+/// candle's own matmul backward also forms the weight gradient — a product as costly as the
+/// forward pass, and a weight-sized tensor per layer — which a frozen weight never uses.
+pub struct FrozenMatMul(pub Tensor);
+
+impl CustomOp1 for FrozenMatMul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, k) = self.0.dims2()?;
+        let dims = l.dims();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("{}: input {:?} does not end in {k}", self.name(), dims);
+        }
+        let m = l.shape().elem_count() / k;
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("{}: input must be contiguous", self.name())
+        };
+        let dev = candle_core::Device::Cpu;
+        let x = match s {
+            CpuStorage::F32(v) => Tensor::from_slice(&v[a..b], (m, k), &dev)?,
+            CpuStorage::F64(v) => Tensor::from_slice(&v[a..b], (m, k), &dev)?,
+            _ => candle_core::bail!("{}: expected an f32 or f64 input", self.name()),
+        };
+        let y = x.matmul(&self.0.to_dtype(x.dtype())?.t()?)?.flatten_all()?;
+        let out = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(y.to_vec1()?),
+            _ => CpuStorage::F64(y.to_vec1()?),
+        };
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().unwrap() = n;
+        Ok((out, Shape::from(out_dims)))
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.broadcast_matmul(&self.0.to_dtype(x.dtype())?)?))
+    }
+}
+
 /// RMSNorm y = x / sqrt(mean(x²) + eps) · w over the last dim, as ggml computes it (squares summed
 /// in f64 in order, scale applied, then the weight). The weight is frozen; backward gives dX.
 pub struct RmsNorm {

@@ -167,6 +167,10 @@ impl Linear {
             }
             BaseWeight::Ggml(w) => x.broadcast_matmul(&w.dense(x.device())?.to_dtype(x.dtype())?.t()?)?,
             BaseWeight::Quantized(q) => q.forward(x)?,
+            // a custom op only where a gradient flows: its backward skips the unused weight gradient
+            BaseWeight::Dense(w) if x.track_op() && matches!(x.dtype(), DType::F32 | DType::F64) => {
+                x.contiguous()?.apply_op1(super::fused::FrozenMatMul(w.clone()))?
+            }
             BaseWeight::Dense(w) => x.broadcast_matmul(&w.t()?)?,
         };
         match &self.lora {

@@ -158,9 +158,16 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scal
     weighted_rows(&probs, v)?.reshape((b, h, t, d))
 }
 
-/// a [.., m, d] · b [.., n, d]ᵀ with the same arithmetic on every platform (f32; else candle's).
+/// Training (a gradient flows) favours candle's batched gemm over a fixed cross-platform order:
+/// the attention products were a fifth of a training step in the portable kernels.
+fn training(a: &Tensor, b: &Tensor) -> bool {
+    a.track_op() || b.track_op()
+}
+
+/// a [.., m, d] · b [.., n, d]ᵀ with the same arithmetic on every platform (f32 inference; else
+/// candle's).
 fn rows_dot(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if a.dtype() != DType::F32 || a.rank() < 3 {
+    if a.dtype() != DType::F32 || a.rank() < 3 || training(a, b) {
         return a.matmul(&b.t()?);
     }
     let (m, n) = (a.dim(D::Minus2)?, b.dim(D::Minus2)?);
@@ -172,9 +179,10 @@ fn rows_dot(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a3.apply_op2(&b3, super::fused::RowDots)?.reshape(shape)
 }
 
-/// p [.., m, l] · v [.., l, d] with the same arithmetic on every platform (f32; else candle's).
+/// p [.., m, l] · v [.., l, d] with the same arithmetic on every platform (f32 inference; else
+/// candle's).
 fn weighted_rows(p: &Tensor, v: &Tensor) -> Result<Tensor> {
-    if p.dtype() != DType::F32 || p.rank() < 3 {
+    if p.dtype() != DType::F32 || p.rank() < 3 || training(p, v) {
         return p.matmul(v);
     }
     let (m, l, d) = (p.dim(D::Minus2)?, p.dim(D::Minus1)?, v.dim(D::Minus1)?);
