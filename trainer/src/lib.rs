@@ -1,3 +1,7 @@
-//! The library side of the `vigil` command: training (and what tests reach without the CLI).
+//! The library side of the `vigil` command: training, guard data, package fetching (and what tests
+//! reach without the CLI).
 
+pub mod data;
+pub mod fetch;
+pub mod progress;
 pub mod train;

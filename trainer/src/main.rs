@@ -2,12 +2,11 @@
 
 mod cli;
 mod commands;
-mod fetch;
-mod progress;
 
 use clap::Parser;
 
 fn main() {
+    keep_freed_memory();
     let cli = cli::Cli::parse();
     // candle reads RAYON_NUM_THREADS on every matmul (and counts CPUs through /proc when it is
     // unset); vigil's thread team and rayon's pool are sized from it too. Set it once, here.
@@ -26,6 +25,7 @@ fn main() {
         cli::Command::Tokens(a) => commands::tokens::run(a, &cli.global),
         cli::Command::Train(a) => commands::train::run(a, &cli.global),
         cli::Command::Export(a) => commands::export::run(a, &cli.global),
+        cli::Command::Data(c) => commands::data::run(c),
     };
     if let Err(e) = result {
         // A closed pipe (`vigil … | head`) is not an error.
@@ -39,5 +39,18 @@ fn main() {
             eprintln!("  caused by: {cause}");
         }
         std::process::exit(1);
+    }
+}
+
+/// Training allocates and frees activation-sized buffers (MBs to a few hundred MB) every step.
+/// glibc hands buffers over 128 KiB back to the kernel at once, so every step page-faults and
+/// zeroes them again (a fifth of the CPU time in `vigil bench train`). Keep them in the heap.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; it is called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20); // glibc's largest allowed value
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
     }
 }

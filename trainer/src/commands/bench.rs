@@ -78,7 +78,7 @@ pub fn run(args: BenchArgs, g: &Global) -> Result<()> {
          Metaphors such as annihilating the competition are not violence, and killing a zombie process is routine work. ",
     )?;
     let prompt: Vec<u32> = base.iter().copied().cycle().take(args.prompt_tokens).collect();
-    let pb = crate::progress::items("bench", (args.repeats + 1) as u64);
+    let pb = vigil_trainer::progress::items("bench", (args.repeats + 1) as u64);
     guard.run_tokens(&prompt[..16.min(prompt.len())], 4)?; // warm-up: page in the weights
     pb.inc(1);
     // With a llama.cpp build, the two runtimes alternate (one repeat each) so drift on a shared
@@ -199,7 +199,7 @@ fn train(args: BenchArgs, g: &Global) -> Result<()> {
     };
     let dir = std::env::temp_dir().join(format!("vigil-bench-train-{}", std::process::id()));
     let mut t = Trainer::with_examples(cfg, &gguf, vec![ex; args.batch], Vec::new(), &dir)?;
-    let pb = crate::progress::items("bench train", (args.steps + 1) as u64);
+    let pb = vigil_trainer::progress::items("bench train", (args.steps + 1) as u64);
     t.train_step()?; // warm-up
     pb.inc(1);
     let mut speeds = Vec::new();

@@ -29,7 +29,7 @@ pub fn run(args: FetchModelArgs, _g: &Global) -> Result<()> {
         format!("`{name}` is not in the catalogue (known: {})", names.join(", "))
     })?;
     let was_cached = entry.cached().is_some();
-    let path = crate::fetch::fetch(&entry)?;
+    let path = vigil_trainer::fetch::fetch(&entry)?;
     if was_cached {
         eprintln!("vigil: {} is already in the cache", entry.name);
     } else {

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod classify;
+pub mod data;
 pub mod export;
 pub mod fetch_model;
 pub mod tokens;
@@ -32,7 +33,7 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
                 catalog::cache_dir().display()
             );
         }
-        return crate::fetch::fetch(&entry);
+        return vigil_trainer::fetch::fetch(&entry);
     }
     let names: Vec<String> = catalog::entries().into_iter().map(|e| e.name).collect();
     if p.extension().is_some_and(|e| e == "gguf") || arg.contains('/') {

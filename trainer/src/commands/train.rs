@@ -57,7 +57,7 @@ pub fn run(args: TrainArgs, _g: &Global) -> Result<()> {
         trainer.cfg.batch_size * trainer.cfg.grad_accum,
         if trainer.step > 0 { format!("; resuming at step {}", trainer.step) } else { String::new() }
     );
-    let pb = crate::progress::steps("train", trainer.total_steps);
+    let pb = vigil_trainer::progress::steps("train", trainer.total_steps);
     pb.set_position(trainer.step);
     let mut on_step = |m: &Metrics, _total: u64| {
         pb.set_position(m.step);

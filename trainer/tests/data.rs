@@ -1,0 +1,329 @@
+//! Guard data end to end: `vigil data build` reproduces the committed dataset byte for byte from the
+//! pinned packages and meets the dataset's requirements; `validate` names every bad line; traces
+//! from an OpenAI-compatible endpoint are retried, checked against the label and resumed; the
+//! trainer reads every item in both renderings.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vigil_models::guard::{Label, OutputFormat, Policy};
+use vigil_models::testing::{repo_root, strict, TempDir};
+use vigil_trainer::data::{self, build, endpoint, Item};
+use vigil_trainer::train::data::{conversations, GuardRendering};
+
+fn guard_dir() -> PathBuf {
+    repo_root().join("data/guard")
+}
+
+fn committed(name: &str) -> Vec<Item> {
+    data::read_jsonl(&guard_dir().join(name)).unwrap()
+}
+
+#[test]
+fn build_reproduces_the_committed_dataset() {
+    let opts =
+        build::BuildOptions { authored: repo_root().join("data/authored"), out: PathBuf::new(), eval_permille: 130 };
+    let built = match build::build(&opts) {
+        Ok(b) => b,
+        Err(e) if !strict() && format!("{e:#}").contains("download") => {
+            eprintln!("SKIPPED: the source packages cannot be fetched here ({e:#})");
+            return;
+        }
+        Err(e) => panic!("{e:#}"),
+    };
+    let tmp = TempDir::new("data-build");
+    build::write(&built, tmp.path()).unwrap();
+    for f in [
+        "train.jsonl",
+        "eval.jsonl",
+        "probes.jsonl",
+        "jailbreak.jsonl",
+        "jailbreak-generated.jsonl",
+        "README.md",
+        "counts.svg",
+    ] {
+        let (a, b) = (std::fs::read(tmp.path().join(f)).unwrap(), std::fs::read(guard_dir().join(f)).unwrap());
+        assert!(a == b, "data/guard/{f} differs from what `vigil data build` writes now: rebuild and commit it");
+    }
+}
+
+#[test]
+fn committed_dataset_meets_its_requirements() {
+    let (train, eval) = (committed("train.jsonl"), committed("eval.jsonl"));
+    assert!(train.len() >= 3000 && eval.len() >= 400, "{} train, {} eval", train.len(), eval.len());
+    let all: Vec<&Item> = train.iter().chain(&eval).collect();
+    let safe = all.iter().filter(|i| i.label == Label::Safe).count();
+    assert!(safe * 100 >= all.len() * 40, "SAFE share {safe}/{}", all.len());
+    for p in Policy::ALL {
+        let n = all.iter().filter(|i| i.policies.contains(&p)).count();
+        assert!(n >= 150, "{p}: {n} UNSAFE items");
+        let e = eval.iter().filter(|i| i.policies.contains(&p)).count();
+        assert!(e >= 20, "{p}: only {e} UNSAFE eval items");
+    }
+    // no near-duplicate group on both sides, and no text either
+    let groups: BTreeSet<&str> = train.iter().map(|i| i.group.as_str()).collect();
+    let texts: BTreeSet<&str> = train.iter().map(|i| i.text.as_str()).collect();
+    for i in &eval {
+        assert!(!groups.contains(i.group.as_str()), "group {} straddles the split", i.group);
+        assert!(!texts.contains(i.text.as_str()), "{:?} is in both splits", i.text);
+    }
+    // hard negatives, responses both ways, every item with 2–4 steps
+    for kind in [
+        "hard_negative/metaphor",
+        "hard_negative/tech_jargon",
+        "hard_negative/support_seeking",
+        "refusal_pair",
+        "compliance_pair",
+    ] {
+        assert!(all.iter().filter(|i| i.kind == kind).count() >= 50, "{kind}");
+    }
+    assert!(all.iter().all(|i| (2..=4).contains(&i.reasoning.len())));
+    let paths = [guard_dir().join("train.jsonl"), guard_dir().join("eval.jsonl")];
+    let (problems, lines) = data::validate::validate_files(&[&paths[0], &paths[1]]);
+    assert_eq!(problems, Vec::<String>::new());
+    assert_eq!(lines, all.len());
+
+    // probes: five behaviours in one schema; stress sets as specified
+    let probes: Vec<data::probes::ProbePair> = data::read_jsonl(&guard_dir().join("probes.jsonl")).unwrap();
+    for b in data::probes::BEHAVIORS {
+        assert!(probes.iter().filter(|p| p.behavior == b).count() >= 40, "{b}");
+    }
+    let stress: Vec<data::jailbreak::StressItem> = data::read_jsonl(&guard_dir().join("jailbreak.jsonl")).unwrap();
+    let harmful: Vec<_> = stress.iter().filter(|s| s.condition == "jailbreak").collect();
+    let cats: BTreeSet<&str> = harmful.iter().map(|s| s.category.as_str()).collect();
+    assert!(harmful.len() >= 25 && cats.len() >= 10, "{} jailbreaks over {} categories", harmful.len(), cats.len());
+    assert!(harmful.iter().all(|s| s.label == Label::Unsafe && !s.policies.is_empty()));
+    let benign = stress.iter().filter(|s| s.condition == "benign" && s.label == Label::Safe).count();
+    assert!(benign >= 15, "{benign} benign controls");
+    let generated: Vec<data::jailbreak::StressItem> =
+        data::read_jsonl(&guard_dir().join("jailbreak-generated.jsonl")).unwrap();
+    assert!(generated.len() >= 500);
+}
+
+#[test]
+fn the_trainer_reads_every_item_in_both_renderings() {
+    for it in committed("eval.jsonl") {
+        let v = serde_json::to_value(&it).unwrap();
+        for (format, per_policy) in [(OutputFormat::Rsft, false), (OutputFormat::DualStream, true)] {
+            let convs = conversations(&v, GuardRendering { format, per_policy }).unwrap();
+            assert_eq!(convs.len(), if per_policy { 6 } else { 1 });
+            let answer = &convs[0].1.last().unwrap().content;
+            assert!(
+                answer.contains(&format!(
+                    "Classification: {}",
+                    if per_policy && !it.policies.contains(&Policy::HateSpeech) { "SAFE" } else { it.label.upper() }
+                )),
+                "{answer}"
+            );
+        }
+    }
+}
+
+fn vigil() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+}
+
+#[test]
+fn validate_reports_every_bad_line_and_fails() {
+    let tmp = TempDir::new("data-validate");
+    let f = tmp.path().join("bad.jsonl");
+    let good = serde_json::to_string(&committed("eval.jsonl")[0]).unwrap();
+    let lines = [
+        good.clone(),
+        r#"{"text": "x", "label": "unsafe", "policies": ["spam"], "reasoning": ["a", "It violates spam."]}"#
+            .to_string(),
+        "not json".to_string(),
+        r#"{"text": "x", "label": "safe", "policies": [], "reasoning": ["a", "It violates the violence policy."]}"#
+            .to_string(),
+        good, // repeated id
+    ];
+    std::fs::write(&f, lines.join("\n") + "\n").unwrap();
+    let out = vigil().args(["data", "validate"]).arg(&f).output().unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let at = |n: usize| format!("{}:{n}: ", f.display());
+    assert!(stdout.contains(&(at(2) + "unknown policy `spam`")), "{stdout}");
+    assert!(stdout.contains(&(at(3) + "not JSON")), "{stdout}");
+    assert!(stdout.contains(&(at(4) + "the reasoning concludes UNSAFE but the label is safe")), "{stdout}");
+    assert!(stdout.contains(&(at(5) + "id `")), "{stdout}");
+    assert!(!stdout.contains(&at(1)), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("4 problems in 5 lines"));
+}
+
+#[test]
+fn stats_and_render_from_the_cli() {
+    let out = vigil().args(["data", "stats", "--json"]).arg(guard_dir()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["eval"]["n"].as_u64().unwrap() as usize, committed("eval.jsonl").len());
+    assert_eq!(
+        s["all"]["unsafe"].as_u64().unwrap() + s["all"]["safe"].as_u64().unwrap(),
+        s["all"]["n"].as_u64().unwrap()
+    );
+
+    let tmp = TempDir::new("data-render");
+    let slice = tmp.path().join("slice.jsonl");
+    let items: Vec<Item> = committed("eval.jsonl").into_iter().take(5).collect();
+    data::write_jsonl(&slice, &items).unwrap();
+    let rendered = tmp.path().join("dual.jsonl");
+    let out = vigil()
+        .args(["data", "render", "--format", "dual", "--per-policy", "-o"])
+        .arg(&rendered)
+        .arg(&slice)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let convs: Vec<serde_json::Value> = data::read_jsonl(&rendered).unwrap();
+    assert_eq!(convs.len(), 30);
+    let last = convs[0]["messages"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["role"], "assistant");
+    assert!(last["content"].as_str().unwrap().starts_with("<think>"));
+}
+
+// ---------- traces from an endpoint ----------
+
+/// A minimal OpenAI-compatible chat server for the client's failure paths: the first request for
+/// each content answers 503, contents with DISAGREE get the opposite verdict, BADREQUEST gets 400.
+struct Teacher {
+    url: String,
+    requests: Arc<AtomicUsize>,
+}
+
+fn teacher() -> Teacher {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let count = requests.clone();
+    std::thread::spawn(move || {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let system = req["messages"][0]["content"].as_str().unwrap().to_string();
+            let user = req["messages"][1]["content"].as_str().unwrap().to_string();
+            let n = seen.entry(user.clone()).or_default();
+            *n += 1;
+            let verdict = system.rsplit_once("\n\n").unwrap().1.to_string();
+            let (status, answer) = if user.contains("BADREQUEST") {
+                (400, serde_json::json!({"error": "bad request"}))
+            } else if *n == 1 {
+                (503, serde_json::json!({"error": "busy"}))
+            } else {
+                let verdict = if user.contains("DISAGREE") {
+                    "Classification: UNSAFE\nViolated policies: violence".to_string()
+                } else {
+                    verdict
+                };
+                let text = format!("Reasoning:\nStep 1: The content is about the request.\nStep 2: Checked against the six definitions.\n\n{verdict}");
+                (
+                    200,
+                    serde_json::json!({"choices": [{"message": {"role": "assistant", "content": text}}], "usage": {"prompt_tokens": 100, "completion_tokens": 20}}),
+                )
+            };
+            let body = answer.to_string();
+            let _ = write!(stream, "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    Teacher { url, requests }
+}
+
+fn safe_items() -> Vec<Item> {
+    committed("eval.jsonl").into_iter().filter(|i| i.label == Label::Safe && i.response.is_none()).take(3).collect()
+}
+
+#[test]
+fn endpoint_traces_retry_check_the_label_and_resume() {
+    let t = teacher();
+    let mut items = safe_items();
+    let mut odd = items[0].clone();
+    odd.id = "disagree".into();
+    odd.text = "DISAGREE with this".into();
+    items.push(odd);
+    let mut bad = items[1].clone();
+    bad.id = "bad".into();
+    bad.text = "BADREQUEST".into();
+    items.push(bad);
+    let tmp = TempDir::new("data-traces");
+    let out = tmp.path().join("traces.jsonl");
+    let mut ep = endpoint::Endpoint::new(&t.url, "teacher", None, 3, Duration::from_secs(10));
+    ep.backoff = Duration::from_millis(5);
+    let tally =
+        endpoint::run(&items, &out, 3, |it, tl| ep.complete(&endpoint::teacher_messages(it), tl), |_| {}).unwrap();
+    assert_eq!((tally.accepted, tally.rejected, tally.failed), (3, 1, 1), "{tally:?}");
+    assert_eq!(tally.retries, 4, "one 503 per content, retried once each");
+    assert_eq!(tally.requests, 9);
+    assert_eq!((tally.prompt_tokens, tally.completion_tokens), (400, 80));
+    assert_eq!(t.requests.load(Ordering::SeqCst), 9);
+    let kept: Vec<Item> = data::read_jsonl(&out).unwrap();
+    assert_eq!(kept.len(), 3);
+    assert!(kept.iter().all(|k| k.reasoning[0] == "The content is about the request." && k.reasoning.len() == 3));
+    let (problems, _) = data::validate::validate_files(&[&out]);
+    assert_eq!(problems, Vec::<String>::new());
+    let rejected = std::fs::read_to_string(endpoint::rejected_path(&out)).unwrap();
+    assert!(rejected.contains("\"disagree\"") && rejected.contains("teacher says UNSAFE [violence], label is SAFE []"));
+
+    // a crash left half a line: it is cut, and only the unfinished items are asked again
+    std::fs::OpenOptions::new().append(true).open(&out).unwrap().write_all(b"{\"id\": \"tor").unwrap();
+    let before = t.requests.load(Ordering::SeqCst);
+    let again =
+        endpoint::run(&items, &out, 2, |it, tl| ep.complete(&endpoint::teacher_messages(it), tl), |_| {}).unwrap();
+    assert_eq!((again.skipped, again.failed, again.accepted), (4, 1, 0), "{again:?}");
+    assert_eq!(t.requests.load(Ordering::SeqCst) - before, 1, "only the failed item is asked again");
+    assert_eq!(data::read_jsonl::<Item>(&out).unwrap().len(), 3);
+}
+
+#[test]
+fn traces_cli_talks_to_an_endpoint() {
+    let t = teacher();
+    let tmp = TempDir::new("data-traces-cli");
+    let input = tmp.path().join("in.jsonl");
+    data::write_jsonl(&input, &safe_items()).unwrap();
+    let out = tmp.path().join("t.jsonl");
+    let run = vigil()
+        .args([
+            "data",
+            "traces",
+            "--endpoint",
+            &t.url,
+            "--model",
+            "m",
+            "--concurrency",
+            "2",
+            "--price-in",
+            "1",
+            "--price-out",
+            "2",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        stdout.contains("3 accepted") && stdout.contains("300 prompt + 60 completion tokens, cost $0.0004"),
+        "{stdout}"
+    );
+}
