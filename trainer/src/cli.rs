@@ -42,9 +42,107 @@ pub enum Command {
     Train(TrainArgs),
     /// Convert a trained adapter: GGUF adapter (f32/f16/q8_0), PEFT, merged GGUF, Ollama Modelfile.
     Export(ExportArgs),
+    /// Evaluate a guard on labelled JSONL: metrics, error analysis, baselines, Markdown/HTML/JSON report.
+    Eval(EvalArgs),
+    /// Behavioural probes: teacher-forced log-prob of probe pairs → AUC and mean gap per behaviour.
+    Probe(ProbeArgs),
+    /// Jailbreak stress test: flag rate per jailbreak category and false flags on benign controls.
+    Stress(StressArgs),
     /// Guard data: build the dataset, validate, count, render, and collect reasoning traces.
     #[command(subcommand)]
     Data(DataCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Labelled JSONL: `{text, response?, label: safe|unsafe, policies: [...]}` (the guard schema).
+    #[arg(long, required_unless_present_any = ["compare", "guardreasoner"])]
+    pub data: Option<PathBuf>,
+    /// GuardReasoner benchmark files (`generated_predictions.jsonl`): vigil classifies their inputs
+    /// and reports their F1 per file and the row-weighted average.
+    #[arg(long, num_args = 1.., conflicts_with = "data")]
+    pub guardreasoner: Vec<PathBuf>,
+    /// GuardReasoner task: prompt (the request is judged) or response (the response is judged);
+    /// `refusal` only with --score-only.
+    #[arg(long, default_value = "prompt")]
+    pub task: String,
+    /// With --guardreasoner: score the files' own `predict` field instead of running vigil.
+    #[arg(long)]
+    pub score_only: bool,
+    /// Report folder: metrics.json, records.jsonl, report.md, report.html.
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+    /// Print the metrics object as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, value_enum, default_value_t = FormatArg::Rsft)]
+    pub format: FormatArg,
+    /// Most tokens generated per item.
+    #[arg(long, default_value_t = 320)]
+    pub max_tokens: usize,
+    /// Only the first N items.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Baselines on the same data: `keyword`, `base` (the model without the adapter, zero-shot).
+    #[arg(long, value_delimiter = ',', default_value = "keyword,base")]
+    pub baselines: Vec<String>,
+    /// Print the differences of two metrics.json files (B − A) instead of evaluating.
+    #[arg(long, num_args = 2, value_names = ["A", "B"], conflicts_with = "data")]
+    pub compare: Option<Vec<PathBuf>>,
+}
+
+#[derive(Args, Debug)]
+pub struct ProbeArgs {
+    /// Base model GGUF or catalogue name.
+    #[arg(long, short = 'm', default_value = vigil_models::catalog::DEFAULT_MODEL)]
+    pub model: String,
+    /// GGUF LoRA adapter, or `none`.
+    #[arg(long, default_value = "none")]
+    pub adapter: String,
+    /// Probe pairs (`{id, behavior, positive, negative}` lines).
+    #[arg(long, default_value = "data/guard/probes.jsonl")]
+    pub data: PathBuf,
+    /// At most N pairs per behaviour (the first N in the file).
+    #[arg(long)]
+    pub per_behavior: Option<usize>,
+    /// Tokens scored per text at most.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Report folder: probe.json, probe.md.
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StressArgs {
+    /// Base model GGUF or catalogue name.
+    #[arg(long, short = 'm', default_value = vigil_models::catalog::DEFAULT_MODEL)]
+    pub model: String,
+    /// Adapters to compare (`none` for the base model), comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "none")]
+    pub adapters: Vec<String>,
+    /// Stress set (`data/guard/jailbreak.jsonl` or `jailbreak-generated.jsonl`).
+    #[arg(long, default_value = "data/guard/jailbreak.jsonl")]
+    pub data: PathBuf,
+    /// Only the first N items.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 320)]
+    pub max_tokens: usize,
+    /// Bootstrap resamples for the 95 % intervals.
+    #[arg(long, default_value_t = 2000)]
+    pub resamples: usize,
+    /// Report folder: stress.json, stress.md.
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
 }
 
 #[derive(Subcommand, Debug)]

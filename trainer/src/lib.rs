@@ -2,6 +2,7 @@
 //! reach without the CLI).
 
 pub mod data;
+pub mod eval;
 pub mod fetch;
 pub mod progress;
 pub mod train;

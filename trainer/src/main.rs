@@ -26,6 +26,9 @@ fn main() {
         cli::Command::Train(a) => commands::train::run(a, &cli.global),
         cli::Command::Export(a) => commands::export::run(a, &cli.global),
         cli::Command::Data(c) => commands::data::run(c),
+        cli::Command::Eval(a) => commands::eval::run(a),
+        cli::Command::Probe(a) => commands::eval::probe(a),
+        cli::Command::Stress(a) => commands::eval::stress(a),
     };
     if let Err(e) = result {
         // A closed pipe (`vigil … | head`) is not an error.

@@ -327,3 +327,29 @@ fn traces_cli_talks_to_an_endpoint() {
         "{stdout}"
     );
 }
+
+#[test]
+fn bootstrap_traces_come_from_a_vigil_model() {
+    let Some(model) = vigil_models::testing::model_for_test("smollm2-135m-instruct") else { return };
+    let tmp = TempDir::new("data-bootstrap");
+    let input = tmp.path().join("in.jsonl");
+    data::write_jsonl(&input, &safe_items()[..2]).unwrap();
+    let out = tmp.path().join("t.jsonl");
+    let run = vigil()
+        .args(["data", "traces", "--bootstrap", "none", "-m"])
+        .arg(&model)
+        .arg("-o")
+        .arg(&out)
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    // The untuned base model is the teacher: whatever it says, each item ends up kept (its verdict
+    // matched) or rejected with the model's output and the reason; nothing is lost.
+    let kept = data::read_jsonl::<Item>(&out).map(|v| v.len()).unwrap_or(0);
+    let rejected: Vec<serde_json::Value> = data::read_jsonl(&endpoint::rejected_path(&out)).unwrap_or_default();
+    assert_eq!(kept + rejected.len(), 2, "{stdout}");
+    assert!(rejected.iter().all(|r| r["reason"].as_str().is_some_and(|s| !s.is_empty()) && r["output"].is_string()));
+    assert!(stdout.contains(&format!("{kept} accepted")), "{stdout}");
+}

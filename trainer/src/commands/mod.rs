@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod classify;
 pub mod data;
+pub mod eval;
 pub mod export;
 pub mod fetch_model;
 pub mod tokens;
