@@ -242,6 +242,9 @@ pub struct DataTracesArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
+    /// The stage to train, as a preset: `vigil train rho` = `vigil train --preset rho`.
+    #[arg(value_name = "PRESET")]
+    pub stage: Option<String>,
     /// Run directory: config.toml, metrics.jsonl, loss.svg, checkpoint, adapter.gguf.
     #[arg(long, short = 'o')]
     pub out: PathBuf,
@@ -257,6 +260,9 @@ pub struct TrainArgs {
     /// Eval JSONL files (default: a hashed `eval_fraction` of the training lines).
     #[arg(long, num_args = 1..)]
     pub eval_data: Vec<PathBuf>,
+    /// Probe-pair JSONL for rho-guided training (overrides the config's `rho_data`).
+    #[arg(long, num_args = 1..)]
+    pub rho_data: Vec<PathBuf>,
     /// Base model GGUF or catalogue name (overrides the config's `model`).
     #[arg(long, short = 'm')]
     pub model: Option<String>,

@@ -205,7 +205,7 @@ fn train(args: BenchArgs, g: &Global) -> Result<()> {
     let mut speeds = Vec::new();
     for _ in 0..args.steps.max(1) {
         let t0 = std::time::Instant::now();
-        let (_, _, tokens) = t.train_step()?;
+        let (_, _, tokens, _) = t.train_step()?;
         speeds.push(tokens as f64 / t0.elapsed().as_secs_f64());
         pb.inc(1);
     }

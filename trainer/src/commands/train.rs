@@ -25,6 +25,9 @@ pub fn run(args: TrainArgs, _g: &Global) -> Result<()> {
     if !args.eval_data.is_empty() {
         overrides.push(format!("eval_data={}", list(&args.eval_data)?));
     }
+    if !args.rho_data.is_empty() {
+        overrides.push(format!("rho_data={}", list(&args.rho_data)?));
+    }
     if let Some(m) = &args.model {
         overrides.push(format!("model={}", toml::Value::String(m.clone())));
     }
@@ -33,8 +36,14 @@ pub fn run(args: TrainArgs, _g: &Global) -> Result<()> {
         // a resumed run uses the config it saved
         TrainConfig::resolve("default", Some(&args.out.join("config.toml")), &[])?
     } else {
-        TrainConfig::resolve(&args.preset, args.config.as_deref(), &overrides)?
+        let preset = args.stage.as_deref().unwrap_or(&args.preset);
+        TrainConfig::resolve(preset, args.config.as_deref(), &overrides)?
     };
+    // preset probe paths are relative to the working directory: pin them like --data
+    if !args.resume {
+        let cwd = std::env::current_dir()?;
+        cfg.rho_data = cfg.rho_data.iter().map(|p| if p.is_relative() { cwd.join(p) } else { p.clone() }).collect();
+    }
     if args.show_config {
         print!("{}", cfg.to_toml());
         return Ok(());

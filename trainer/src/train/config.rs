@@ -51,6 +51,18 @@ pub struct TrainConfig {
     pub adam_8bit: bool,
     pub seed: u64,
 
+    // rho-guided SFT (train/rho.rs): L = L_SFT + λ · mean hinge over probe pairs
+    /// Probe-pair JSONL files (`{id, behavior, positive, negative}`).
+    pub rho_data: Vec<PathBuf>,
+    /// λ; 0 trains plain SFT.
+    pub rho_lambda: f32,
+    /// γ, the hinge margin.
+    pub rho_margin: f32,
+    /// Pairs per optimizer step (one per behaviour).
+    pub rho_pairs: usize,
+    /// sft-only, rho-guided, contrastive-only or shuffled-pairs.
+    pub rho_condition: String,
+
     // bookkeeping
     pub eval_every: u64,
     pub checkpoint_every: u64,
@@ -85,6 +97,11 @@ impl Default for TrainConfig {
             max_grad_norm: 1.0,
             adam_8bit: false,
             seed: 42,
+            rho_data: Vec::new(),
+            rho_lambda: 0.0,
+            rho_margin: 0.1,
+            rho_pairs: 4,
+            rho_condition: "rho-guided".into(),
             eval_every: 50,
             checkpoint_every: 50,
             log_every: 1,
@@ -100,10 +117,11 @@ pub const PRESETS: [(&str, &str); 3] = [
         "rsft",
         "rank = 16\nalpha = 32.0\nlr = 5e-5\nepochs = 3.0\nbatch_size = 8\ngrad_accum = 16\nmax_len = 2048\nformat = \"rsft\"\nper_policy = true\n",
     ),
-    // rho-guided note: r8 / α16 on q, k, o; lr 2e-4; 10 % warmup; accumulation 4; max length 256.
+    // rho-guided note: r8 / α16 on q, k, o; lr 2e-4; 10 % warmup; accumulation 4; max length 256;
+    // λ 0.2, γ 0.1, 4 pairs per step from the project's probe pairs (relative to the working directory).
     (
         "rho",
-        "rank = 8\nalpha = 16.0\ntargets = [\"attn_q\", \"attn_k\", \"attn_output\"]\nlr = 2e-4\nwarmup_ratio = 0.1\ngrad_accum = 4\nmax_len = 256\n",
+        "rank = 8\nalpha = 16.0\ntargets = [\"attn_q\", \"attn_k\", \"attn_output\"]\nlr = 2e-4\nwarmup_ratio = 0.1\ngrad_accum = 4\nmax_len = 256\nrho_data = [\"data/guard/probes.jsonl\"]\nrho_lambda = 0.2\nrho_margin = 0.1\nrho_pairs = 4\n",
     ),
 ];
 
@@ -120,7 +138,7 @@ impl TrainConfig {
                 toml::from_str(&text).with_context(|| format!("{} is not valid TOML", f.display()))?;
             // relative data paths in a config file are relative to that file
             let dir = f.parent().unwrap_or(Path::new(""));
-            for key in ["data", "eval_data"] {
+            for key in ["data", "eval_data", "rho_data"] {
                 if let Some(toml::Value::Array(list)) = t.get_mut(key) {
                     for v in list.iter_mut() {
                         if let toml::Value::String(p) = v {
@@ -175,10 +193,33 @@ impl TrainConfig {
         if !matches!(self.base_weights.as_str(), "f32" | "quantized") {
             return bad(format!("base_weights `{}` (f32 or quantized)", self.base_weights));
         }
+        if !super::rho::CONDITIONS.contains(&self.rho_condition.as_str()) {
+            return bad(format!("rho_condition `{}` ({})", self.rho_condition, super::rho::CONDITIONS.join(", ")));
+        }
+        if !(self.rho_lambda >= 0.0 && self.rho_lambda.is_finite()) || !(self.rho_margin >= 0.0) || self.rho_pairs == 0
+        {
+            return bad("rho_lambda and rho_margin must be ≥ 0 and rho_pairs ≥ 1".into());
+        }
+        if self.uses_rho() && self.rho_data.is_empty() {
+            return bad(format!(
+                "rho_condition `{}` with λ {} needs probe pairs in rho_data",
+                self.rho_condition, self.rho_lambda
+            ));
+        }
         if !(0.0..1.0).contains(&self.eval_fraction) {
             return bad(format!("eval_fraction {} must be in [0, 1)", self.eval_fraction));
         }
         Ok(())
+    }
+
+    /// Whether steps add the contrastive term (λ > 0, and not `sft-only`).
+    pub fn uses_rho(&self) -> bool {
+        self.rho_lambda > 0.0 && self.rho_condition != "sft-only"
+    }
+
+    /// Whether steps include the SFT loss (all conditions but `contrastive-only`).
+    pub fn uses_sft(&self) -> bool {
+        self.rho_condition != "contrastive-only"
     }
 
     pub fn to_toml(&self) -> String {
@@ -195,6 +236,11 @@ mod tests {
         let c = TrainConfig::resolve("rho", None, &[]).unwrap();
         assert_eq!((c.rank, c.alpha, c.lr, c.grad_accum, c.max_len), (8, 16.0, 2e-4, 4, 256));
         assert_eq!(c.targets, ["attn_q", "attn_k", "attn_output"]);
+        assert_eq!((c.rho_lambda, c.rho_margin, c.rho_pairs), (0.2, 0.1, 4));
+        let e = format!("{:#}", TrainConfig::resolve("rho", None, &["rho_data=[]".into()]).unwrap_err());
+        assert!(e.contains("needs probe pairs"), "{e}");
+        let e = format!("{:#}", TrainConfig::resolve("default", None, &["rho_condition=both".into()]).unwrap_err());
+        assert!(e.contains("rho_condition `both`"), "{e}");
         let r = TrainConfig::resolve("rsft", None, &[]).unwrap();
         assert_eq!((r.rank, r.lr, r.epochs, r.batch_size * r.grad_accum, r.max_len), (16, 5e-5, 3.0, 128, 2048));
 

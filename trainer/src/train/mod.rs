@@ -6,6 +6,7 @@
 //! - [`lora`]: the trainable A/B parameters;
 //! - [`optim`]: AdamW (f32 or 8-bit states), schedule, clipping;
 //! - [`export`]: PEFT, merged GGUF, Ollama Modelfile;
+//! - [`rho`]: the rho-guided hinge over behavioural probe pairs;
 //! - [`run`]: the loop, eval, metrics, resume; [`checkpoint`]: atomic checkpoints; [`plot`]: the loss curve.
 
 pub mod checkpoint;
@@ -15,4 +16,5 @@ pub mod export;
 pub mod lora;
 pub mod optim;
 pub mod plot;
+pub mod rho;
 pub mod run;

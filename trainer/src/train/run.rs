@@ -44,6 +44,9 @@ pub struct Metrics {
     pub tokens: usize,
     pub tok_per_s: f64,
     pub elapsed_s: f64,
+    /// Mean rho hinge over the step's probe pairs (rho-guided runs).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hinge: Option<f64>,
 }
 
 fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
@@ -70,6 +73,8 @@ pub struct Trainer {
     pub moments: Vec<Moments>,
     pub train: Vec<Example>,
     pub eval: Vec<Example>,
+    /// Probe pairs of rho-guided runs.
+    pub rho: Option<super::rho::ProbeSet>,
     pub step: u64,
     pub total_steps: u64,
     pub steps_per_epoch: u64,
@@ -138,7 +143,14 @@ impl Trainer {
             bail!("no usable training examples");
         }
         let report = DataReport { train: train.len(), eval: eval.len(), errors };
+        let rho = if cfg.uses_rho() {
+            let shuffled = cfg.rho_condition == "shuffled-pairs";
+            Some(super::rho::ProbeSet::load(&cfg.rho_data, &tok, cfg.max_len, shuffled, cfg.seed)?)
+        } else {
+            None
+        };
         let mut t = Trainer::with_examples(cfg, &g, train, eval, dir)?;
+        t.set_probes(rho);
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let ckpt = dir.join(checkpoint::FILE);
         if resume {
@@ -214,11 +226,29 @@ impl Trainer {
             moments,
             train,
             eval,
+            rho: None,
             step: 0,
             total_steps,
             steps_per_epoch,
             fingerprint,
         })
+    }
+
+    /// Probe pairs for the contrastive term; they join the fingerprint (a resume must see the same).
+    pub fn set_probes(&mut self, rho: Option<super::rho::ProbeSet>) {
+        if let Some(r) = &rho {
+            let mut h = Sha256::new();
+            h.update(self.fingerprint.as_bytes());
+            for (b, pairs) in r.behaviors.iter().zip(&r.pairs) {
+                h.update(b.as_bytes());
+                for (p, n) in pairs {
+                    p.iter().chain(n).for_each(|id| h.update(id.to_le_bytes()));
+                    h.update([0xff]);
+                }
+            }
+            self.fingerprint = hex::encode(h.finalize());
+        }
+        self.rho = rho;
     }
 
     /// The examples of optimizer step `step`: each epoch shuffles (seeded by epoch), sorts windows
@@ -243,13 +273,25 @@ impl Trainer {
         self.cfg.seed ^ step.wrapping_mul(0x9e3779b97f4a7c15) ^ (k as u64).wrapping_mul(0xd1b54a32d192ed03)
     }
 
-    /// One optimizer step: returns (mean loss per target token, gradient norm, tokens).
-    pub fn train_step(&mut self) -> Result<(f64, f32, usize)> {
-        let idx = self.step_examples(self.step);
+    /// One optimizer step: returns (mean SFT loss per target token — NaN without an SFT term —,
+    /// gradient norm, tokens, mean rho hinge when the step has a contrastive term).
+    pub fn train_step(&mut self) -> Result<(f64, f32, usize, Option<f64>)> {
+        let idx = if self.cfg.uses_sft() { self.step_examples(self.step) } else { Vec::new() };
         let total: usize = idx.iter().map(|&i| self.train[i].targets()).sum();
         let mut grads: Vec<Vec<f32>> = self.lora.params.iter().map(|p| vec![0f32; p.value.len()]).collect();
         let mut loss_sum = 0f64;
         let mut tokens = 0;
+        let accumulate = |g: &candle_core::backprop::GradStore,
+                          params: &[super::lora::Param],
+                          grads: &mut [Vec<f32>]|
+         -> Result<()> {
+            for (p, acc) in params.iter().zip(grads.iter_mut()) {
+                let t = g.get(p.var.as_tensor()).with_context(|| format!("no gradient reached {}", p.name))?;
+                let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+                acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+            }
+            Ok(())
+        };
         for (k, &i) in idx.iter().enumerate() {
             let ex = &self.train[i];
             self.lora.dropout_seed.store(self.dropout_seed(self.step, k), std::sync::atomic::Ordering::Relaxed);
@@ -258,12 +300,28 @@ impl Trainer {
             loss_sum += sum.to_scalar::<f32>()? as f64;
             // normalised by the whole step's target tokens, not a mean of per-sequence means
             let g = (sum / total as f64)?.backward()?;
-            for (p, acc) in self.lora.params.iter().zip(grads.iter_mut()) {
-                let t = g.get(p.var.as_tensor()).with_context(|| format!("no gradient reached {}", p.name))?;
-                let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
-                acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
-            }
+            accumulate(&g, &self.lora.params, &mut grads)?;
             tokens += ex.ids.len();
+        }
+        // the contrastive term: λ · mean over the step's pairs of the hinge
+        let mut hinge = None;
+        if let (true, Some(rho)) = (self.cfg.uses_rho(), &self.rho) {
+            let picks = rho.pick(self.cfg.seed, self.step, self.cfg.rho_pairs);
+            let scale = self.cfg.rho_lambda as f64 / picks.len() as f64;
+            let mut sum = 0.0;
+            for (j, (b, p)) in picks.into_iter().enumerate() {
+                let (pos, neg) = &rho.pairs[b][p];
+                self.lora
+                    .dropout_seed
+                    .store(self.dropout_seed(self.step, idx.len() + j), std::sync::atomic::Ordering::Relaxed);
+                let (h, g) = super::rho::hinge(&self.model, pos, neg, self.cfg.rho_margin, scale)?;
+                sum += h;
+                if let Some(g) = g {
+                    accumulate(&g, &self.lora.params, &mut grads)?;
+                }
+                tokens += pos.len() + neg.len();
+            }
+            hinge = Some(sum / self.cfg.rho_pairs as f64);
         }
         let norm = optim::clip(&mut grads, self.cfg.max_grad_norm);
         let lr = self.lr();
@@ -273,7 +331,8 @@ impl Trainer {
         }
         self.lora.sync()?;
         self.step += 1;
-        Ok((loss_sum / total as f64, norm, tokens))
+        let loss = if total > 0 { loss_sum / total as f64 } else { f64::NAN };
+        Ok((loss, norm, tokens, hinge))
     }
 
     pub fn warmup_steps(&self) -> u64 {
@@ -359,6 +418,7 @@ impl Trainer {
                     tokens: 0,
                     tok_per_s: 0.0,
                     elapsed_s: 0.0,
+                    hinge: None,
                 };
                 writeln!(log, "{}", serde_json::to_string(&m)?)?;
             }
@@ -366,7 +426,7 @@ impl Trainer {
         while self.step < self.total_steps {
             let t0 = Instant::now();
             let lr = self.lr();
-            let (loss, grad_norm, tokens) = self.train_step()?;
+            let (loss, grad_norm, tokens, hinge) = self.train_step()?;
             let dt = t0.elapsed().as_secs_f64();
             let eval_loss = if (self.cfg.eval_every > 0 && self.step.is_multiple_of(self.cfg.eval_every))
                 || self.step == self.total_steps
@@ -385,6 +445,7 @@ impl Trainer {
                 tokens,
                 tok_per_s: tokens as f64 / dt,
                 elapsed_s: start.elapsed().as_secs_f64(),
+                hinge,
             };
             if self.cfg.log_every > 0 && (self.step.is_multiple_of(self.cfg.log_every) || eval_loss.is_some()) {
                 writeln!(log, "{}", serde_json::to_string(&m).unwrap_or_default())?;
