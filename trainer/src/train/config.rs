@@ -196,8 +196,8 @@ impl TrainConfig {
         if !super::rho::CONDITIONS.contains(&self.rho_condition.as_str()) {
             return bad(format!("rho_condition `{}` ({})", self.rho_condition, super::rho::CONDITIONS.join(", ")));
         }
-        if !(self.rho_lambda >= 0.0 && self.rho_lambda.is_finite()) || !(self.rho_margin >= 0.0) || self.rho_pairs == 0
-        {
+        let finite_non_negative = |x: f32| x.is_finite() && x >= 0.0;
+        if !finite_non_negative(self.rho_lambda) || !finite_non_negative(self.rho_margin) || self.rho_pairs == 0 {
             return bad("rho_lambda and rho_margin must be ≥ 0 and rho_pairs ≥ 1".into());
         }
         if self.uses_rho() && self.rho_data.is_empty() {

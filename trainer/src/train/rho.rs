@@ -40,12 +40,15 @@ pub fn text_ce(model: &Llama, ids: &[u32]) -> Result<candle_core::Tensor> {
     Ok(model.target_losses(ids, &mask)?.mean_all()?)
 }
 
+/// A probe pair as token ids: (positive, negative).
+pub type IdPair = (Vec<u32>, Vec<u32>);
+
 /// Encoded probe pairs by behaviour.
 #[derive(Debug, Clone)]
 pub struct ProbeSet {
     pub behaviors: Vec<String>,
     /// Per behaviour: (positive ids, negative ids).
-    pub pairs: Vec<Vec<(Vec<u32>, Vec<u32>)>>,
+    pub pairs: Vec<Vec<IdPair>>,
 }
 
 impl ProbeSet {
@@ -56,7 +59,7 @@ impl ProbeSet {
         shuffle_negatives: bool,
         seed: u64,
     ) -> Result<Self> {
-        let mut by: BTreeMap<String, Vec<(Vec<u32>, Vec<u32>)>> = BTreeMap::new();
+        let mut by: BTreeMap<String, Vec<IdPair>> = BTreeMap::new();
         for f in files {
             let pairs: Vec<ProbePair> =
                 crate::data::read_jsonl(f).with_context(|| format!("probe pairs {}", f.display()))?;
