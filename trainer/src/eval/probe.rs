@@ -19,21 +19,11 @@ use crate::data::probes::ProbePair;
 
 pub const DEFINITION: &str = "lp(text) = mean log-probability of each token of the text given the tokens before it (plain text, no chat template, BOS prepended when the tokenizer has one; the adapter applied). AUC = Mann-Whitney P(lp(positive) > lp(negative)) + 0.5 P(tie) over all positive x negative combinations of a behaviour; gap = mean over pairs of lp(positive) - lp(negative), nats per token.";
 
-/// Mean token cross-entropy of `text` (the quantity rho-guided training's hinge compares).
+/// Mean token cross-entropy of `text`: the quantity rho-guided training's hinge compares, on the
+/// same tokens (`train::rho`).
 pub fn text_ce(model: &Llama, tok: &Tokenizer, text: &str, max_tokens: usize) -> Result<f64> {
-    let mut ids = Vec::new();
-    if let Some(b) = tok.bos() {
-        ids.push(b);
-    }
-    ids.extend(tok.encode(text)?);
-    ids.truncate(max_tokens);
-    if ids.len() < 2 {
-        anyhow::bail!("{text:?} is shorter than two tokens");
-    }
-    let mask: Vec<bool> = (0..ids.len()).map(|i| i > 0).collect();
-    let losses = model.target_losses(&ids, &mask)?;
-    let v: Vec<f32> = losses.to_vec1().context("reading the losses")?;
-    Ok(v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64)
+    let ids = crate::train::rho::text_ids(tok, text, max_tokens)?;
+    Ok(crate::train::rho::text_ce(model, &ids)?.to_scalar::<f32>().context("reading the loss")? as f64)
 }
 
 /// Mann-Whitney AUC of `pos` over `neg` (0.5 when either is empty).
