@@ -40,6 +40,8 @@ pub enum Command {
     Tokens(TokensArgs),
     /// Fine-tune a LoRA adapter on JSONL data (R-SFT or dual-stream guard traces, chat data).
     Train(TrainArgs),
+    /// The rho-guided ablation: train every condition × λ × seed, probe and stress each, summarise.
+    Sweep(SweepArgs),
     /// Convert a trained adapter: GGUF adapter (f32/f16/q8_0), PEFT, merged GGUF, Ollama Modelfile.
     Export(ExportArgs),
     /// Evaluate a guard on labelled JSONL: metrics, error analysis, baselines, Markdown/HTML/JSON report.
@@ -248,6 +250,22 @@ pub struct TrainArgs {
     /// Run directory: config.toml, metrics.jsonl, loss.svg, checkpoint, adapter.gguf.
     #[arg(long, short = 'o')]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    /// Continue the run in --out from its checkpoint, exactly where it stopped.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after this many optimizer steps in total (a checkpoint is written; --resume goes on).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    /// Print the resolved config and exit.
+    #[arg(long)]
+    pub show_config: bool,
+}
+
+/// How a training config is put together (shared by `train` and `sweep`).
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
     /// TOML config (every key optional; see `vigil train --show-config`).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -269,15 +287,36 @@ pub struct TrainArgs {
     /// Any config key: `--set lr=1e-4 --set targets=["attn_q","attn_v"]`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
-    /// Continue the run in --out from its checkpoint, exactly where it stopped.
+}
+
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    /// Sweep folder: one run per cell (condition/lambda-λ/seed-s), probe.json, stress.json, summary.
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub cfg: ConfigArgs,
+    /// λ values (0 runs as sft-only).
+    #[arg(long = "lambda", value_delimiter = ',', default_value = "0,0.1,0.2,0.5")]
+    pub lambdas: Vec<f32>,
+    #[arg(long, value_delimiter = ',', default_value = "42,123,456")]
+    pub seeds: Vec<u64>,
+    /// sft-only, rho-guided, contrastive-only, shuffled-pairs.
+    #[arg(long, value_delimiter = ',', default_value = "sft-only,rho-guided")]
+    pub conditions: Vec<String>,
+    /// Probe pairs scored after each run.
+    #[arg(long, default_value = "data/guard/probes.jsonl")]
+    pub probes: PathBuf,
     #[arg(long)]
-    pub resume: bool,
-    /// Stop after this many optimizer steps in total (a checkpoint is written; --resume goes on).
+    pub probes_per_behavior: Option<usize>,
+    /// Stress set run on each adapter (omit to skip the stress test).
     #[arg(long)]
-    pub stop_after: Option<u64>,
-    /// Print the resolved config and exit.
+    pub stress: Option<PathBuf>,
     #[arg(long)]
-    pub show_config: bool,
+    pub stress_limit: Option<usize>,
+    /// Most tokens generated per stress item.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

@@ -5,4 +5,5 @@ pub mod data;
 pub mod eval;
 pub mod fetch;
 pub mod progress;
+pub mod sweep;
 pub mod train;

@@ -24,6 +24,7 @@ fn main() {
         cli::Command::Bench(a) => commands::bench::run(a, &cli.global),
         cli::Command::Tokens(a) => commands::tokens::run(a, &cli.global),
         cli::Command::Train(a) => commands::train::run(a, &cli.global),
+        cli::Command::Sweep(a) => commands::train::sweep(a),
         cli::Command::Export(a) => commands::export::run(a, &cli.global),
         cli::Command::Data(c) => commands::data::run(c),
         cli::Command::Eval(a) => commands::eval::run(a),

@@ -4,11 +4,12 @@ use anyhow::{Context, Result};
 use vigil_trainer::train::config::TrainConfig;
 use vigil_trainer::train::run::{Hooks, Metrics, Trainer};
 
-use crate::cli::{Global, TrainArgs};
+use crate::cli::{ConfigArgs, Global, TrainArgs};
 
-pub fn run(args: TrainArgs, _g: &Global) -> Result<()> {
+/// The config of a new run: preset ← file ← --data/--model/… ← --set; data and probe paths made
+/// absolute, so the run resumes from any working directory.
+pub fn resolve_config(stage: Option<&str>, c: &ConfigArgs) -> Result<TrainConfig> {
     let mut overrides = Vec::new();
-    // absolute paths, so a run resumes from any working directory
     let list = |files: &[std::path::PathBuf]| -> Result<String> {
         let items: Vec<String> = files
             .iter()
@@ -19,31 +20,36 @@ pub fn run(args: TrainArgs, _g: &Global) -> Result<()> {
             .collect::<Result<_>>()?;
         Ok(format!("[{}]", items.join(", ")))
     };
-    if !args.data.is_empty() {
-        overrides.push(format!("data={}", list(&args.data)?));
+    for (key, files) in [("data", &c.data), ("eval_data", &c.eval_data), ("rho_data", &c.rho_data)] {
+        if !files.is_empty() {
+            overrides.push(format!("{key}={}", list(files)?));
+        }
     }
-    if !args.eval_data.is_empty() {
-        overrides.push(format!("eval_data={}", list(&args.eval_data)?));
-    }
-    if !args.rho_data.is_empty() {
-        overrides.push(format!("rho_data={}", list(&args.rho_data)?));
-    }
-    if let Some(m) = &args.model {
+    if let Some(m) = &c.model {
         overrides.push(format!("model={}", toml::Value::String(m.clone())));
     }
-    overrides.extend(args.overrides.iter().cloned());
-    let mut cfg = if args.resume && args.config.is_none() && overrides.is_empty() {
+    overrides.extend(c.overrides.iter().cloned());
+    let mut cfg = TrainConfig::resolve(stage.unwrap_or(&c.preset), c.config.as_deref(), &overrides)?;
+    // preset probe paths are relative to the working directory
+    let cwd = std::env::current_dir()?;
+    cfg.rho_data = cfg.rho_data.iter().map(|p| if p.is_relative() { cwd.join(p) } else { p.clone() }).collect();
+    Ok(cfg)
+}
+
+pub fn run(args: TrainArgs, _g: &Global) -> Result<()> {
+    let c = &args.cfg;
+    let untouched = c.config.is_none()
+        && c.data.is_empty()
+        && c.eval_data.is_empty()
+        && c.rho_data.is_empty()
+        && c.model.is_none()
+        && c.overrides.is_empty();
+    let mut cfg = if args.resume && untouched {
         // a resumed run uses the config it saved
         TrainConfig::resolve("default", Some(&args.out.join("config.toml")), &[])?
     } else {
-        let preset = args.stage.as_deref().unwrap_or(&args.preset);
-        TrainConfig::resolve(preset, args.config.as_deref(), &overrides)?
+        resolve_config(args.stage.as_deref(), c)?
     };
-    // preset probe paths are relative to the working directory: pin them like --data
-    if !args.resume {
-        let cwd = std::env::current_dir()?;
-        cfg.rho_data = cfg.rho_data.iter().map(|p| if p.is_relative() { cwd.join(p) } else { p.clone() }).collect();
-    }
     if args.show_config {
         print!("{}", cfg.to_toml());
         return Ok(());
@@ -92,5 +98,54 @@ pub fn run(args: TrainArgs, _g: &Global) -> Result<()> {
         }
         None => eprintln!("vigil: stopped at step {}; continue with: vigil train --out {dir} --resume", trainer.step),
     }
+    Ok(())
+}
+
+/// `vigil sweep`.
+pub fn sweep(args: crate::cli::SweepArgs) -> Result<()> {
+    use vigil_trainer::sweep;
+    let mut base = resolve_config(None, &args.cfg)?;
+    base.model = crate::commands::resolve_model(&base.model)?.display().to_string();
+    for c in &args.conditions {
+        if !vigil_trainer::train::rho::CONDITIONS.contains(&c.as_str()) {
+            anyhow::bail!("unknown condition `{c}` ({})", vigil_trainer::train::rho::CONDITIONS.join(", "));
+        }
+    }
+    let o = sweep::SweepOptions {
+        base,
+        lambdas: args.lambdas.clone(),
+        seeds: args.seeds.clone(),
+        conditions: args.conditions.clone(),
+        out: args.out.clone(),
+        probes: args.probes.clone(),
+        probes_per_behavior: args.probes_per_behavior,
+        probe_max_tokens: 256,
+        stress: args.stress.clone().map(|p| (p, args.stress_limit)),
+        stress_max_tokens: args.max_tokens,
+    };
+    let n = sweep::cells(&o).len();
+    eprintln!("vigil: sweep of {n} cells into {}", args.out.display());
+    let (results, base_auc, done) = sweep::run(&o, |m| eprintln!("vigil: {m}"))?;
+    let table = sweep::summary(&results, &base_auc);
+    let md = format!(
+        "# vigil sweep\n\nBase model AUC per behaviour: {}.\n\n{}\n\nAUC: {}\n\nd: Cohen's d of the seeds' AUCs against sft-only (pooled sd).\n\n![dose-response](dose-response.svg)\n",
+        base_auc.iter().map(|(k, v)| format!("{k} {v:.3}")).collect::<Vec<_>>().join(", "),
+        table,
+        vigil_trainer::eval::probe::DEFINITION
+    );
+    vigil_trainer::data::write_file(&args.out.join("summary.md"), md.as_bytes())?;
+    vigil_trainer::data::write_file(
+        &args.out.join("summary.json"),
+        serde_json::to_string_pretty(&serde_json::json!({"base": base_auc, "cells": results}))?.as_bytes(),
+    )?;
+    sweep::dose_response(&results, &base_auc, &args.out.join("dose-response.svg"))?;
+    print!("{table}");
+    eprintln!(
+        "vigil: {} cells trained, {} resumed, {} already done; summary in {}/summary.md",
+        done.trained,
+        done.resumed,
+        done.skipped,
+        args.out.display()
+    );
     Ok(())
 }
