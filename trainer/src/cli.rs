@@ -40,6 +40,9 @@ pub enum Command {
     Tokens(TokensArgs),
     /// Fine-tune a LoRA adapter on JSONL data (R-SFT or dual-stream guard traces, chat data).
     Train(TrainArgs),
+    /// Hard-sample DPO: mine preference pairs with an R-SFT adapter, then train on them.
+    #[command(subcommand)]
+    Dpo(DpoCommand),
     /// The rho-guided ablation: train every condition × λ × seed, probe and stress each, summarise.
     Sweep(SweepArgs),
     /// Convert a trained adapter: GGUF adapter (f32/f16/q8_0), PEFT, merged GGUF, Ollama Modelfile.
@@ -287,6 +290,74 @@ pub struct ConfigArgs {
     /// Any config key: `--set lr=1e-4 --set targets=["attn_q","attn_v"]`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DpoCommand {
+    /// Sample k answers per item with the R-SFT adapter; keep items with 1…k−1 right verdicts as
+    /// (longest right, longest wrong) pairs. Resumable: finished ids are skipped.
+    Mine(DpoMineArgs),
+    /// Train DPO (sigmoid loss + α·NLL of the chosen answer) from the R-SFT adapter on mined pairs.
+    Train(DpoTrainArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DpoMineArgs {
+    /// Base model GGUF or catalogue name.
+    #[arg(long, short = 'm', default_value = vigil_models::catalog::DEFAULT_MODEL)]
+    pub model: String,
+    /// The R-SFT adapter (GGUF).
+    #[arg(long)]
+    pub adapter: String,
+    /// Guard items (train.jsonl).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Hard pairs out (appended); easy items go to OUT.easy.jsonl.
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    #[arg(short, long, default_value_t = 4)]
+    pub k: usize,
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 320)]
+    pub max_tokens: usize,
+    /// Only the first N items.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct DpoTrainArgs {
+    /// Base model GGUF or catalogue name.
+    #[arg(long, short = 'm', default_value = vigil_models::catalog::DEFAULT_MODEL)]
+    pub model: String,
+    /// The R-SFT adapter: the starting point and the (frozen) reference.
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// Mined pairs (`vigil dpo mine`).
+    #[arg(long)]
+    pub pairs: PathBuf,
+    /// Run directory: metrics.jsonl, reference.json (cached reference log-probs), adapter.gguf.
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0.01)]
+    pub beta: f32,
+    #[arg(long, default_value_t = 2.0)]
+    pub alpha: f32,
+    #[arg(long, default_value_t = 5e-6)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub epochs: f32,
+    #[arg(long, default_value_t = 0)]
+    pub max_steps: u64,
+    #[arg(long, default_value_t = 4)]
+    pub pairs_per_step: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
 }
 
 #[derive(Args, Debug)]

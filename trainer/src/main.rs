@@ -25,6 +25,7 @@ fn main() {
         cli::Command::Tokens(a) => commands::tokens::run(a, &cli.global),
         cli::Command::Train(a) => commands::train::run(a, &cli.global),
         cli::Command::Sweep(a) => commands::train::sweep(a),
+        cli::Command::Dpo(c) => commands::train::dpo(c),
         cli::Command::Export(a) => commands::export::run(a, &cli.global),
         cli::Command::Data(c) => commands::data::run(c),
         cli::Command::Eval(a) => commands::eval::run(a),

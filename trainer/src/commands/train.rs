@@ -149,3 +149,79 @@ pub fn sweep(args: crate::cli::SweepArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// `vigil dpo mine|train`.
+pub fn dpo(c: crate::cli::DpoCommand) -> Result<()> {
+    use std::ops::ControlFlow;
+    use vigil_models::guard::GuardRequest;
+    use vigil_runtime::ClassifyOptions;
+    use vigil_trainer::train::dpo;
+    match c {
+        crate::cli::DpoCommand::Mine(a) => {
+            let mut items: Vec<vigil_trainer::data::Item> = vigil_trainer::data::read_jsonl(&a.data)?;
+            if let Some(n) = a.limit {
+                items.truncate(n);
+            }
+            let m = crate::cli::ModelArgs {
+                model: a.model.clone(),
+                adapter: a.adapter.clone(),
+                context: 4096,
+                backend: crate::cli::BackendArg::Cpu,
+            };
+            let mut guard = crate::commands::load_guard(&m)?;
+            let pb = vigil_trainer::progress::items("mine", items.len() as u64);
+            let t = dpo::mine(
+                &items,
+                a.k,
+                &a.out,
+                |it, j| {
+                    let mut opts = ClassifyOptions {
+                        max_tokens: a.max_tokens,
+                        force_verdict: false,
+                        ..ClassifyOptions::default()
+                    };
+                    opts.sampling.temperature = a.temperature;
+                    opts.sampling.top_p = a.top_p;
+                    opts.sampling.seed = vigil_trainer::data::stable_hash(&format!("{}/{}/{j}", a.seed, it.id));
+                    let req = GuardRequest::new(it.text.clone()).with_response(it.response.clone());
+                    Ok(guard.classify(&req, &opts, |_| ControlFlow::Continue(()))?.raw)
+                },
+                |t| pb.set_position((t.hard + t.easy + t.skipped) as u64),
+            )?;
+            pb.finish_and_clear();
+            println!("{} hard pairs, {} easy items, {} already mined → {}", t.hard, t.easy, t.skipped, a.out.display());
+            Ok(())
+        }
+        crate::cli::DpoCommand::Train(a) => {
+            let base = crate::commands::resolve_model(&a.model)?;
+            let adapter = vigil_models::lora::LoraAdapter::from_gguf(&vigil_models::gguf::Gguf::open(&a.adapter)?)?;
+            let pairs: Vec<dpo::DpoPair> = vigil_trainer::data::read_jsonl(&a.pairs)?;
+            let cfg = dpo::DpoConfig {
+                beta: a.beta,
+                alpha: a.alpha,
+                lr: a.lr,
+                epochs: a.epochs,
+                max_steps: a.max_steps,
+                pairs_per_step: a.pairs_per_step,
+                seed: a.seed,
+                ..dpo::DpoConfig::default()
+            };
+            let mut d = dpo::Dpo::prepare(cfg, &base, &adapter, &pairs, &a.out)?;
+            eprintln!(
+                "vigil: {} pairs, {} steps; reference log-probs: {} computed, {} cached",
+                d.pairs.len(),
+                d.total_steps,
+                d.reference_computed,
+                d.pairs.len() - d.reference_computed
+            );
+            let out = d.run(|m| {
+                eprintln!(
+                    "step {}: loss {:.4} margin {:+.3} accuracy {:.2} lr {:.2e}",
+                    m.step, m.loss, m.margin, m.accuracy, m.lr
+                )
+            })?;
+            eprintln!("vigil: done. adapter {}", out.display());
+            Ok(())
+        }
+    }
+}

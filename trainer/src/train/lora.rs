@@ -58,6 +58,32 @@ impl LoraParams {
         Ok(LoraParams { rank, alpha, arch, layers, params, dropout_seed: Arc::new(AtomicU64::new(0)) })
     }
 
+    /// Trainable parameters starting from a trained adapter (DPO starts from the R-SFT adapter).
+    pub fn from_adapter(model: &Llama, adapter: &LoraAdapter) -> Result<Self> {
+        let mut layers = Vec::new();
+        let mut params = Vec::new();
+        let mut rank = 0;
+        for (name, i, o) in model.lora_targets() {
+            let Some(p) = adapter.pairs.get(&name) else { continue };
+            anyhow::ensure!(
+                (p.in_dim, p.out_dim) == (i, o),
+                "{}: {name} is {}×{} in the adapter but {i}×{o} in the model",
+                adapter.name,
+                p.in_dim,
+                p.out_dim
+            );
+            anyhow::ensure!(rank == 0 || rank == p.r, "{}: mixed LoRA ranks ({rank} and {})", adapter.name, p.r);
+            rank = p.r;
+            params.push(Param::new(format!("{name}.lora_a"), (p.r, i), p.a.clone())?);
+            params.push(Param::new(format!("{name}.lora_b"), (o, p.r), p.b.clone())?);
+            layers.push((name, i, o));
+        }
+        anyhow::ensure!(!layers.is_empty(), "{}: no layer of the adapter matches this model", adapter.name);
+        let alpha = adapter.alpha.unwrap_or(rank as f32);
+        let arch = model.config().arch.name().to_string();
+        Ok(LoraParams { rank, alpha, arch, layers, params, dropout_seed: Arc::new(AtomicU64::new(0)) })
+    }
+
     /// Attaches the branches (sharing the `Var`s) to the model.
     pub fn attach(&self, model: &mut Llama, dropout: f32) -> Result<()> {
         let mut branches = HashMap::new();

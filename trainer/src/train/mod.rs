@@ -6,12 +6,13 @@
 //! - [`lora`]: the trainable A/B parameters;
 //! - [`optim`]: AdamW (f32 or 8-bit states), schedule, clipping;
 //! - [`export`]: PEFT, merged GGUF, Ollama Modelfile;
-//! - [`rho`]: the rho-guided hinge over behavioural probe pairs;
+//! - [`rho`]: the rho-guided hinge over behavioural probe pairs; [`dpo`]: hard-sample mining and DPO;
 //! - [`run`]: the loop, eval, metrics, resume; [`checkpoint`]: atomic checkpoints; [`plot`]: the loss curve.
 
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dpo;
 pub mod export;
 pub mod lora;
 pub mod optim;
