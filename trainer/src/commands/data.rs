@@ -17,7 +17,9 @@ pub fn run(c: DataCommand) -> Result<()> {
         DataCommand::Build(a) => {
             let opts = build::BuildOptions { authored: a.authored, out: a.out.clone(), eval_permille: a.eval_permille };
             let built = build::build(&opts)?;
+            let pinned = std::fs::read_to_string(a.out.join("SHA256SUMS")).ok();
             build::write(&built, &a.out)?;
+            let now = std::fs::read_to_string(a.out.join("SHA256SUMS"))?;
             let stats = card::Stats::of(&built.train, &built.eval);
             print!("{}", stats.table());
             println!(
@@ -27,6 +29,11 @@ pub fn run(c: DataCommand) -> Result<()> {
                 built.stress_generated.len(),
                 a.out.display()
             );
+            match pinned {
+                Some(p) if p == now => println!("identical to the pinned version (SHA256SUMS unchanged)"),
+                Some(_) => println!("differs from the pinned version: SHA256SUMS changed (commit it with the data)"),
+                None => println!("SHA256SUMS written"),
+            }
             Ok(())
         }
         DataCommand::Validate { files } => {

@@ -208,7 +208,19 @@ fn pair(d: &Draft, what: &str, label: Label, policies: Vec<Policy>, steps: Vec<S
     }
 }
 
-/// Writes a build into `out`: the item splits, probes, stress sets, card and chart.
+/// The files a build writes. `train.jsonl` (2.8 MB) is generated, not committed; the committed
+/// `SHA256SUMS` pins it (and every other file) to this version of the dataset.
+pub const FILES: [&str; 7] = [
+    "train.jsonl",
+    "eval.jsonl",
+    "probes.jsonl",
+    "jailbreak.jsonl",
+    "jailbreak-generated.jsonl",
+    "README.md",
+    "counts.svg",
+];
+
+/// Writes a build into `out`: the item splits, probes, stress sets, card, chart and `SHA256SUMS`.
 pub fn write(b: &Built, out: &Path) -> Result<()> {
     write_jsonl(&out.join("train.jsonl"), &b.train)?;
     write_jsonl(&out.join("eval.jsonl"), &b.eval)?;
@@ -218,5 +230,31 @@ pub fn write(b: &Built, out: &Path) -> Result<()> {
     let stats = card::Stats::of(&b.train, &b.eval);
     card::write_chart(&stats, &out.join("counts.svg"))?;
     let md = card::markdown(&stats, b);
-    super::write_file(&out.join("README.md"), md.as_bytes()).context("writing the data card")
+    super::write_file(&out.join("README.md"), md.as_bytes()).context("writing the data card")?;
+    let mut sums = String::new();
+    for f in FILES {
+        sums.push_str(&format!("{}  {f}\n", file_sha256(&out.join(f))?));
+    }
+    super::write_file(&out.join("SHA256SUMS"), sums.as_bytes())
+}
+
+pub fn file_sha256(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+/// Checks the files in `dir` against its `SHA256SUMS`: the names of those that differ or are missing.
+pub fn verify(dir: &Path) -> Result<Vec<String>> {
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS"))
+        .with_context(|| format!("reading {}/SHA256SUMS", dir.display()))?;
+    let mut bad = Vec::new();
+    for line in sums.lines().filter(|l| !l.trim().is_empty()) {
+        let (sum, name) = line.split_once("  ").with_context(|| format!("SHA256SUMS: bad line {line:?}"))?;
+        match file_sha256(&dir.join(name)) {
+            Ok(s) if s == sum => {}
+            _ => bad.push(name.to_string()),
+        }
+    }
+    Ok(bad)
 }
