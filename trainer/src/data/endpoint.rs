@@ -6,8 +6,6 @@
 //! with the teacher's steps; disagreeing traces go to `OUT.rejected.jsonl`. Both files are read
 //! on start and their ids skipped, so an interrupted run resumes where it stopped.
 
-use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -121,34 +119,6 @@ pub fn rejected_path(out: &Path) -> PathBuf {
     out.with_file_name(format!("{stem}.rejected.jsonl"))
 }
 
-/// Ids already written; a torn last line (a crash mid-write) is cut off first.
-fn done_ids(path: &Path) -> Result<HashSet<String>> {
-    let Ok(mut bytes) = std::fs::read(path) else { return Ok(HashSet::new()) };
-    if !bytes.is_empty() && bytes.last() != Some(&b'\n') {
-        let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        bytes.truncate(keep);
-        std::fs::write(path, &bytes).with_context(|| format!("cutting the torn last line of {}", path.display()))?;
-    }
-    let mut ids = HashSet::new();
-    for (i, line) in String::from_utf8_lossy(&bytes).lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: Value = serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
-        ids.insert(v["id"].as_str().with_context(|| format!("{}:{}: no id", path.display(), i + 1))?.to_string());
-    }
-    Ok(ids)
-}
-
-fn append(path: &Path, v: &impl serde::Serialize) -> Result<()> {
-    let mut line = serde_json::to_vec(v)?;
-    line.push(b'\n');
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    f.write_all(&line).with_context(|| format!("appending to {}", path.display()))?;
-    Ok(())
-}
-
 /// The items still to do, and where their traces go.
 struct Sink<'a> {
     out: &'a Path,
@@ -159,8 +129,8 @@ struct Sink<'a> {
 impl<'a> Sink<'a> {
     fn open<'i>(items: &'i [Item], out: &'a Path) -> Result<(Sink<'a>, Vec<&'i Item>)> {
         let rejected = rejected_path(out);
-        let mut done = done_ids(out)?;
-        done.extend(done_ids(&rejected)?);
+        let mut done = super::done_ids(out)?;
+        done.extend(super::done_ids(&rejected)?);
         let todo: Vec<&Item> = items.iter().filter(|i| !done.contains(&i.id)).collect();
         let tally = Tally { skipped: items.len() - todo.len(), ..Tally::default() };
         Ok((Sink { out, rejected, tally }, todo))
@@ -176,11 +146,11 @@ impl<'a> Sink<'a> {
                 tally.completion_tokens += a.completion_tokens;
                 match accept(item, &a.text) {
                     Ok(good) => {
-                        append(self.out, &good)?;
+                        super::append_line(self.out, &good)?;
                         tally.accepted += 1;
                     }
                     Err(why) => {
-                        append(&self.rejected, &json!({"id": item.id, "reason": why, "output": a.text}))?;
+                        super::append_line(&self.rejected, &json!({"id": item.id, "reason": why, "output": a.text}))?;
                         tally.rejected += 1;
                     }
                 }

@@ -85,6 +85,37 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Ids of an append-only JSONL output (resumable jobs skip them); a torn last line (a crash
+/// mid-write) is cut off first, so the item it held is done again and appends stay line-aligned.
+pub fn done_ids(path: &Path) -> Result<std::collections::HashSet<String>> {
+    let Ok(mut bytes) = std::fs::read(path) else { return Ok(Default::default()) };
+    if !bytes.is_empty() && bytes.last() != Some(&b'\n') {
+        let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        bytes.truncate(keep);
+        std::fs::write(path, &bytes).with_context(|| format!("cutting the torn last line of {}", path.display()))?;
+    }
+    let mut ids = std::collections::HashSet::new();
+    for (i, line) in String::from_utf8_lossy(&bytes).lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+        ids.insert(v["id"].as_str().with_context(|| format!("{}:{}: no id", path.display(), i + 1))?.to_string());
+    }
+    Ok(ids)
+}
+
+/// Appends one JSON line (call [`done_ids`] first: it repairs a torn tail).
+pub fn append_line(path: &Path, v: &impl Serialize) -> Result<()> {
+    let mut line = serde_json::to_vec(v)?;
+    line.push(b'\n');
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    f.write_all(&line).with_context(|| format!("appending to {}", path.display()))?;
+    Ok(())
+}
+
 /// Stable 64-bit FNV-1a hash (ids, sampling and split decisions must not depend on Rust's hasher).
 pub fn stable_hash(s: &str) -> u64 {
     let mut h = 0xcbf29ce484222325u64;

@@ -98,42 +98,6 @@ pub fn easy_path(out: &Path) -> PathBuf {
     out.with_file_name(format!("{}.easy.jsonl", name.strip_suffix(".jsonl").unwrap_or(&name)))
 }
 
-fn ids_in(path: &Path) -> Result<std::collections::HashSet<String>> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(Default::default()) };
-    let mut out = std::collections::HashSet::new();
-    for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        // a torn last line (interrupted write) is redone
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
-            if i + 1 == text.lines().count() {
-                continue;
-            }
-            bail!("{}:{}: not JSON", path.display(), i + 1);
-        };
-        out.insert(v["id"].as_str().with_context(|| format!("{}:{}: no id", path.display(), i + 1))?.to_string());
-    }
-    Ok(out)
-}
-
-fn append_line(path: &Path, v: &impl Serialize) -> Result<()> {
-    use std::io::Write;
-    // cut a torn last line first, so appends stay line-aligned
-    if let Ok(bytes) = std::fs::read(path) {
-        if !bytes.is_empty() && bytes.last() != Some(&b'\n') {
-            let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            std::fs::write(path, &bytes[..keep])?;
-        }
-    }
-    let mut line = serde_json::to_vec(v)?;
-    line.push(b'\n');
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    f.write_all(&line)?;
-    Ok(())
-}
-
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct MineTally {
     pub hard: usize,
@@ -153,8 +117,8 @@ pub fn mine(
         bail!("k = {k}: hard samples need at least two answers per item");
     }
     let easy = easy_path(out);
-    let mut done = ids_in(out)?;
-    done.extend(ids_in(&easy)?);
+    let mut done = crate::data::done_ids(out)?;
+    done.extend(crate::data::done_ids(&easy)?);
     let mut t = MineTally::default();
     for item in items {
         if done.contains(&item.id) {
@@ -165,12 +129,12 @@ pub fn mine(
             (0..k).map(|j| sample(item, j)).collect::<Result<_>>().with_context(|| format!("sampling {}", item.id))?;
         match hard_pair(item, &answers) {
             Some(p) => {
-                append_line(out, &p)?;
+                crate::data::append_line(out, &p)?;
                 t.hard += 1;
             }
             None => {
                 let correct = answers.iter().filter(|a| is_correct(item, a)).count();
-                append_line(&easy, &serde_json::json!({"id": item.id, "correct": correct, "k": k}))?;
+                crate::data::append_line(&easy, &serde_json::json!({"id": item.id, "correct": correct, "k": k}))?;
                 t.easy += 1;
             }
         }
