@@ -168,7 +168,8 @@ fn validate_reports_every_bad_line_and_fails() {
 
 #[test]
 fn stats_and_render_from_the_cli() {
-    let out = vigil().args(["data", "stats", "--json"]).arg(guard_dir()).output().unwrap();
+    let Some(dir) = built() else { return };
+    let out = vigil().args(["data", "stats", "--json"]).arg(dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["eval"]["n"].as_u64().unwrap() as usize, committed("eval.jsonl").len());
@@ -177,7 +178,15 @@ fn stats_and_render_from_the_cli() {
         s["all"]["n"].as_u64().unwrap()
     );
 
+    // a folder without the generated train.jsonl: the error says how to make it
     let tmp = TempDir::new("data-render");
+    let out = vigil().args(["data", "stats"]).arg(tmp.path()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("vigil data build"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let slice = tmp.path().join("slice.jsonl");
     let items: Vec<Item> = committed("eval.jsonl").into_iter().take(5).collect();
     data::write_jsonl(&slice, &items).unwrap();

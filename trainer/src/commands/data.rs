@@ -50,6 +50,9 @@ pub fn run(c: DataCommand) -> Result<()> {
             }
         }
         DataCommand::Stats { dir, json } => {
+            if !dir.join("train.jsonl").is_file() {
+                bail!("{} has no train.jsonl: it is generated, run `vigil data build` first", dir.display());
+            }
             let train: Vec<Item> = data::read_jsonl(&dir.join("train.jsonl"))?;
             let eval: Vec<Item> = data::read_jsonl(&dir.join("eval.jsonl"))?;
             let s = card::Stats::of(&train, &eval);
