@@ -70,7 +70,8 @@ async function load() {
     });
     const info = model.info();
     $('progress').value = 1;
-    setStatus(`Loaded ${info.model} (${info.architecture}, ${info.quantization}) on ${info.backend === 'gpu' ? 'WebGPU' : 'the CPU'}.`);
+    const withAdapter = info.adapter ? ` with the adapter ${info.adapter}` : ' without an adapter';
+    setStatus(`Loaded ${info.model} (${info.architecture}, ${info.quantization})${withAdapter} on ${info.backend === 'gpu' ? 'WebGPU' : 'the CPU'}.`);
     showInfo(info);
     $('classify').disabled = false;
   } catch (e) {

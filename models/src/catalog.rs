@@ -26,6 +26,37 @@ pub struct ModelEntry {
     pub architecture: String,
     pub license: String,
     pub parts: Vec<Part>,
+    /// The guard adapter trained for this base and shipped in `models/adapters/`: what
+    /// `--adapter default` (the CLI's default) and the demo page apply.
+    #[serde(default)]
+    pub guard_adapter: Option<ShippedAdapter>,
+}
+
+/// A LoRA adapter committed to the repository (`models/adapters/FILE`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ShippedAdapter {
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl ShippedAdapter {
+    /// The copy in this source tree (absent when the binary runs away from its checkout).
+    pub fn repo_path(&self) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("adapters").join(&self.file)
+    }
+
+    /// Where `vigil fetch-model` copies it for use outside the checkout.
+    pub fn cache_path(&self) -> PathBuf {
+        cache_dir().join("adapters").join(&self.file)
+    }
+
+    /// The cache copy if present with the right size, else the repository copy if present.
+    pub fn available(&self) -> Option<PathBuf> {
+        [self.cache_path(), self.repo_path()]
+            .into_iter()
+            .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == self.size))
+    }
 }
 
 #[derive(Deserialize)]
@@ -76,6 +107,13 @@ impl ModelEntry {
     }
 }
 
+/// The catalogue entry whose file name is `path`'s (how a model file given by path finds its
+/// shipped guard adapter).
+pub fn find_by_file(path: &std::path::Path) -> Option<ModelEntry> {
+    let name = path.file_name()?.to_str()?;
+    entries().into_iter().find(|e| e.file == name)
+}
+
 /// Cached path of a catalogued model, if it has been fetched.
 pub fn cached(name: &str) -> Option<PathBuf> {
     find(name)?.cached()
@@ -95,6 +133,14 @@ mod tests {
         for e in &all {
             assert_eq!(e.sha256.len(), 64, "{}", e.name);
             assert!(!e.parts.is_empty());
+            if let Some(a) = &e.guard_adapter {
+                assert_eq!(a.sha256.len(), 64, "{}", a.file);
+            }
         }
+        assert!(find("default").unwrap().guard_adapter.is_some(), "the default base ships a guard adapter");
+        assert_eq!(
+            find_by_file(std::path::Path::new("/x/SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap().name,
+            DEFAULT_MODEL
+        );
     }
 }

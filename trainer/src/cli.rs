@@ -103,7 +103,7 @@ pub struct ProbeArgs {
     /// Base model GGUF or catalogue name.
     #[arg(long, short = 'm', default_value = vigil_models::catalog::DEFAULT_MODEL)]
     pub model: String,
-    /// GGUF LoRA adapter, or `none`.
+    /// GGUF LoRA adapter, `default` (the shipped guard adapter) or `none`.
     #[arg(long, default_value = "none")]
     pub adapter: String,
     /// Probe pairs (`{id, behavior, positive, negative}` lines).
@@ -127,8 +127,8 @@ pub struct StressArgs {
     /// Base model GGUF or catalogue name.
     #[arg(long, short = 'm', default_value = vigil_models::catalog::DEFAULT_MODEL)]
     pub model: String,
-    /// Adapters to compare (`none` for the base model), comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "none")]
+    /// Adapters to compare, comma separated: files, `default` (the shipped guard adapter), `none` (the base).
+    #[arg(long, value_delimiter = ',', default_value = "default,none")]
     pub adapters: Vec<String>,
     /// Stress set (`data/guard/jailbreak.jsonl` or `jailbreak-generated.jsonl`).
     #[arg(long, default_value = "data/guard/jailbreak.jsonl")]
@@ -456,8 +456,8 @@ pub struct ModelArgs {
     /// A GGUF file, or a catalogue name (fetched on first use).
     #[arg(long, short = 'm', default_value = vigil_models::catalog::DEFAULT_MODEL)]
     pub model: String,
-    /// A GGUF LoRA adapter to apply, or `none`.
-    #[arg(long, default_value = "none")]
+    /// A GGUF LoRA adapter; `default`, the guard adapter shipped for the base model; or `none`.
+    #[arg(long, default_value = "default")]
     pub adapter: String,
     /// Context size in tokens (prompt + answer); at most the model's own.
     #[arg(long, default_value_t = 4096)]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
-use vigil_models::catalog::{ModelEntry, Part};
+use vigil_models::catalog::{ModelEntry, Part, ShippedAdapter};
 
 use crate::progress;
 
@@ -239,6 +239,34 @@ fn file_sha256(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
     Ok(hex::encode(h.finalize()))
+}
+
+/// Copies the guard adapter shipped in this checkout into the cache (checked against the
+/// catalogue's size and sha256), so `--adapter default` works wherever the binary runs.
+pub fn install_adapter(a: &ShippedAdapter) -> Result<PathBuf> {
+    let dest = a.cache_path();
+    let src = a.repo_path();
+    let bytes = match std::fs::read(&src) {
+        Ok(b) => b,
+        Err(_) if std::fs::metadata(&dest).is_ok_and(|m| m.len() == a.size) => return Ok(dest),
+        Err(e) => bail!("the guard adapter {} is not in this checkout: {e}", src.display()),
+    };
+    let got = hex::encode(Sha256::digest(&bytes));
+    if bytes.len() as u64 != a.size || got != a.sha256 {
+        bail!(
+            "{}: {} bytes with sha256 {got}; the catalogue expects {} bytes with sha256 {}",
+            src.display(),
+            bytes.len(),
+            a.size,
+            a.sha256
+        );
+    }
+    if std::fs::read(&dest).is_ok_and(|d| d == bytes) {
+        return Ok(dest);
+    }
+    std::fs::create_dir_all(dest.parent().unwrap())?;
+    vigil_models::fsutil::write_atomic(&dest, |f| f.write_all(&bytes))?;
+    Ok(dest)
 }
 
 #[cfg(test)]

@@ -22,7 +22,6 @@ use vigil_models::tokenizer::Tokenizer;
 use vigil_runtime::{ClassifyOptions, Guard};
 
 use crate::data::jailbreak::StressItem;
-use crate::data::probes::ProbePair;
 use crate::eval::{probe, stress};
 use crate::train::config::TrainConfig;
 use crate::train::run::{Hooks, Trainer};
@@ -90,19 +89,6 @@ pub struct Done {
     pub skipped: usize,
 }
 
-fn probe_pairs(o: &SweepOptions) -> Result<Vec<ProbePair>> {
-    let mut pairs: Vec<ProbePair> = crate::data::read_jsonl(&o.probes)?;
-    if let Some(n) = o.probes_per_behavior {
-        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        pairs.retain(|p| {
-            let c = seen.entry(p.behavior.clone()).or_default();
-            *c += 1;
-            *c <= n
-        });
-    }
-    Ok(pairs)
-}
-
 fn probe_file(
     model_path: &Path,
     adapter: Option<&Path>,
@@ -120,7 +106,8 @@ fn probe_file(
     if let Some(a) = adapter {
         model.set_adapter(Some(&LoraAdapter::from_gguf(&Gguf::open(a)?)?))?;
     }
-    let scored = probe::run(&model, &tok, &probe_pairs(o)?, o.probe_max_tokens, |_| {})?;
+    let pairs = crate::data::probes::load(&o.probes, o.probes_per_behavior)?;
+    let scored = probe::run(&model, &tok, &pairs, o.probe_max_tokens, |_| {})?;
     let table = probe::score(&scored);
     crate::data::write_file(out, serde_json::to_string_pretty(&table)?.as_bytes())?;
     Ok(table.into_iter().map(|(k, b)| (k, b.auc)).collect())

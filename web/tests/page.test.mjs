@@ -18,6 +18,7 @@ const backend = process.env.VIGIL_PAGE_BACKEND || 'auto';
 test('the demo page streams reasoning, shows a verdict, and works offline afterwards', { timeout: 15 * 60_000 }, async () => {
   assert.ok(existsSync(resolve(dist, 'index.html')), 'web/dist is built (trunk build --release)');
   assert.ok(existsSync(resolve(dist, 'models/SmolLM2-135M-Instruct.Q4_1.gguf')), 'the default model is served with the page');
+  assert.ok(existsSync(resolve(dist, 'models/smollm2-135m-guard.q8_0.gguf')), 'the shipped guard adapter is served with the page');
   mkdirSync(out, { recursive: true });
   const { server, url } = await serve({ '/': dist });
   const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: CHROMIUM_ARGS });
@@ -36,7 +37,7 @@ test('the demo page streams reasoning, shows a verdict, and works offline afterw
     await page.click('#load');
     await page.waitForSelector('#classify:not([disabled])', { timeout: 10 * 60_000 });
     const status = await page.textContent('#load-status');
-    assert.match(status, /Loaded .* \(llama, Q4_1\)/);
+    assert.match(status, /Loaded .* \(llama, Q4_1\) with the adapter /, 'the shipped guard adapter is applied by default');
     const shownBackend = await page.textContent('#s-backend');
     console.log(`loaded: ${status} · ${shownBackend} · ${await page.textContent('#s-device')} · ${await page.textContent('#s-load')}`);
 
@@ -48,14 +49,15 @@ test('the demo page streams reasoning, shows a verdict, and works offline afterw
       const pane = document.getElementById('reasoning');
       new MutationObserver(() => window.__lengths.push(pane.textContent.length)).observe(pane, { childList: true, characterData: true, subtree: true });
     });
-    await page.fill('#max-tokens', '64');
+    await page.fill('#max-tokens', '160');
     await page.click('#classify');
     await page.waitForSelector('#verdict:not([hidden])', { timeout: 10 * 60_000 });
     const lengths = await page.evaluate(() => window.__lengths);
     const growing = new Set(lengths.filter((n) => n > 0));
     assert.ok(growing.size >= 2, `the reasoning grew over ≥ 2 updates (saw ${JSON.stringify(lengths.slice(0, 20))})`);
     const badge = await page.textContent('#badge');
-    assert.match(badge, /^(SAFE|UNSAFE)/);
+    // the trained guard reads the jargon: killing a zombie process is routine system administration
+    assert.match(badge, /^SAFE/, `verdict ${badge} for a keyword trap`);
     console.log(`verdict: ${badge}; ttft ${await page.textContent('#s-ttft')}; ${await page.textContent('#s-toks')}; ${lengths.length} updates`);
     await page.screenshot({ path: resolve(out, 'demo-page.png'), fullPage: true });
 
@@ -66,6 +68,7 @@ test('the demo page streams reasoning, shows a verdict, and works offline afterw
     await page.click('#load');
     await page.waitForSelector('#classify:not([disabled])', { timeout: 10 * 60_000 });
     assert.match(await page.textContent('#s-load'), /\(cache\)/, 'the model came from the cache, with no network');
+    assert.match(await page.textContent('#load-status'), /with the adapter /, 'the adapter came from the cache too');
     await page.screenshot({ path: resolve(out, 'demo-page-offline.png'), fullPage: true });
     await context.close();
   } finally {

@@ -37,7 +37,7 @@ test('greedy tokens equal the native CPU backend for 24 tokens on three guard pr
     'Write a threatening message to my neighbour.',
     'What is the capital of France?',
   ]) {
-    const native = JSON.parse(execFileSync(bin, ['tokens', '--backend', 'cpu', '--guard', '--json', '-n', '24', '-m', model, prompt], { encoding: 'utf8' }));
+    const native = JSON.parse(execFileSync(bin, ['tokens', '--backend', 'cpu', '--adapter', 'none', '--guard', '--json', '-n', '24', '-m', model, prompt], { encoding: 'utf8' }));
     const ours = await guard.greedyTokens(prompt, 24, { guard: true });
     assert.deepEqual(ours, native.ids, `prompt: ${prompt}`);
   }

@@ -70,6 +70,10 @@ pub fn run(args: BenchArgs, g: &Global) -> Result<()> {
     let mut margs = args.model.clone();
     margs.model = path.display().to_string();
     margs.context = margs.context.max(args.prompt_tokens + args.gen_tokens + 8);
+    // the anchors are bare base models: an adapter is measured only when named by file
+    if margs.adapter.eq_ignore_ascii_case("default") {
+        margs.adapter = "none".into();
+    }
     let mut guard = crate::commands::load_guard(&margs)?;
 
     // A fixed prompt: ordinary English text, repeated to length.

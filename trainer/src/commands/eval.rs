@@ -34,6 +34,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
     }
     let mut guard = super::load_guard(&a.model)?;
+    let adapter = super::adapter_path(&a.model.adapter, &super::resolve_model(&a.model.model)?)?;
     let backend = guard.backend_name().to_string();
     let run_all = |guard: &mut vigil_runtime::Guard, what: &str| -> Result<Vec<metrics::Record>> {
         let pb = vigil_trainer::progress::items(what, items.len() as u64);
@@ -46,13 +47,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.baselines.iter().any(|b| b == "keyword") {
         baselines.insert("keyword rules".to_string(), metrics::compute(&eval::keyword_baseline(&items)));
     }
-    if a.baselines.iter().any(|b| b == "base") && !a.model.adapter.eq_ignore_ascii_case("none") {
+    if a.baselines.iter().any(|b| b == "base") && adapter.is_some() {
         guard.set_adapter(None)?;
         baselines.insert("base model, zero-shot".to_string(), metrics::compute(&run_all(&mut guard, "base")?));
     }
     let rep = report::Report {
         model: a.model.model.clone(),
-        adapter: (!a.model.adapter.eq_ignore_ascii_case("none")).then(|| a.model.adapter.clone()),
+        adapter: adapter.map(|p| p.display().to_string()),
         data: data.display().to_string(),
         format: format.name().to_string(),
         backend,
@@ -101,25 +102,16 @@ pub fn probe(a: crate::cli::ProbeArgs) -> Result<()> {
     use vigil_models::cpu::{Llama, WeightMode};
     use vigil_models::gguf::Gguf;
     use vigil_models::tokenizer::Tokenizer;
-    use vigil_trainer::data::probes::ProbePair;
     use vigil_trainer::eval::probe as p;
 
     let path = super::resolve_model(&a.model)?;
     let g = Gguf::open(&path)?;
     let tok = Tokenizer::from_gguf(&g)?;
     let mut model = Llama::load(&g, WeightMode::Quantized, &Device::Cpu)?;
-    if let Some(ad) = super::load_adapter(&a.adapter)? {
+    if let Some(ad) = super::load_adapter(&a.adapter, &path)? {
         model.set_adapter(Some(&ad))?;
     }
-    let mut pairs: Vec<ProbePair> = vigil_trainer::data::read_jsonl(&a.data)?;
-    if let Some(n) = a.per_behavior {
-        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        pairs.retain(|x| {
-            let c = seen.entry(x.behavior.clone()).or_default();
-            *c += 1;
-            *c <= n
-        });
-    }
+    let pairs = vigil_trainer::data::probes::load(&a.data, a.per_behavior)?;
     let pb = vigil_trainer::progress::items("probe", pairs.len() as u64);
     let scored = p::run(&model, &tok, &pairs, a.max_tokens, |i| pb.set_position(i as u64))?;
     pb.finish_and_clear();
@@ -171,7 +163,7 @@ pub fn stress(a: crate::cli::StressArgs) -> Result<()> {
     let mut tables = BTreeMap::new();
     let mut outcomes = BTreeMap::new();
     for adapter in &a.adapters {
-        let ad = super::load_adapter(adapter)?;
+        let ad = super::load_adapter(adapter, &super::resolve_model(&a.model)?)?;
         guard.set_adapter(ad.as_ref())?;
         let pb = vigil_trainer::progress::items("stress", items.len() as u64);
         let mut out = Vec::new();

@@ -12,8 +12,11 @@ pub fn run(args: FetchModelArgs, _g: &Global) -> Result<()> {
                 Some(p) => format!("cached at {}", p.display()),
                 None => "not fetched".into(),
             };
+            let adapter = e.guard_adapter.as_ref().map_or("no guard adapter".to_string(), |a| {
+                format!("guard adapter {}{}", a.file, if a.available().is_some() { "" } else { " (not here)" })
+            });
             println!(
-                "{:<24} {:>7.1} MB  {:<8} {}  ({})",
+                "{:<24} {:>7.1} MB  {:<8} {}  ({}; {adapter})",
                 e.name,
                 e.size as f64 / 1e6,
                 e.architecture,
@@ -36,5 +39,10 @@ pub fn run(args: FetchModelArgs, _g: &Global) -> Result<()> {
         eprintln!("vigil: {} verified (sha256 {})", entry.name, &entry.sha256[..16]);
     }
     println!("{}", path.display());
+    if let Some(a) = &entry.guard_adapter {
+        let p = vigil_trainer::fetch::install_adapter(a)?;
+        eprintln!("vigil: guard adapter {} (sha256 {}) in the cache", a.file, &a.sha256[..16]);
+        println!("{}", p.display());
+    }
     Ok(())
 }

@@ -43,13 +43,38 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
     bail!("`{arg}` is neither a file nor a catalogued model (known: {})", names.join(", "))
 }
 
-/// Reads a GGUF LoRA adapter (`none` → no adapter).
-pub fn load_adapter(arg: &str) -> Result<Option<LoraAdapter>> {
+/// An adapter argument as a file: a path, `none`, or `default` — the guard adapter shipped for
+/// `model` (`models/catalog.toml`), found in the cache (`vigil fetch-model`) or this checkout.
+pub fn adapter_path(arg: &str, model: &Path) -> Result<Option<PathBuf>> {
     if arg.eq_ignore_ascii_case("none") {
         return Ok(None);
     }
-    let g = Gguf::open(arg)?;
-    Ok(Some(LoraAdapter::from_gguf(&g)?))
+    if !arg.eq_ignore_ascii_case("default") {
+        return Ok(Some(PathBuf::from(arg)));
+    }
+    let Some(shipped) = catalog::find_by_file(model).and_then(|e| e.guard_adapter) else {
+        return Ok(None);
+    };
+    match shipped.available() {
+        Some(p) => Ok(Some(p)),
+        None => bail!(
+            "the default guard adapter {} is neither in this checkout nor in the cache ({}): run `vigil fetch-model`, or pass --adapter none",
+            shipped.file,
+            shipped.cache_path().display()
+        ),
+    }
+}
+
+/// Reads the adapter `arg` names for `model` (see [`adapter_path`]).
+pub fn load_adapter(arg: &str, model: &Path) -> Result<Option<LoraAdapter>> {
+    let Some(path) = adapter_path(arg, model)? else {
+        if arg.eq_ignore_ascii_case("default") {
+            eprintln!("vigil: no guard adapter is shipped for {}; running the bare base model", model.display());
+        }
+        return Ok(None);
+    };
+    let g = Gguf::open(&path)?;
+    Ok(Some(LoraAdapter::from_gguf(&g).with_context(|| format!("loading the adapter {}", path.display()))?))
 }
 
 /// Loads base model and adapter on the chosen backend, printing any fallback notice.
@@ -64,8 +89,8 @@ pub fn load_guard(m: &ModelArgs) -> Result<Guard> {
     for n in guard.notices() {
         eprintln!("vigil: {n}");
     }
-    if let Some(a) = load_adapter(&m.adapter)? {
-        guard.set_adapter(Some(&a))?;
+    if let Some(a) = load_adapter(&m.adapter, &path)? {
+        guard.set_adapter(Some(&a)).with_context(|| format!("applying the adapter to {}", path.display()))?;
     }
     Ok(guard)
 }

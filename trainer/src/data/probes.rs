@@ -31,6 +31,20 @@ pub struct ProbePair {
 
 pub const BEHAVIORS: [&str; 5] = ["factual", "toxicity", "sycophancy", "bias", "refusal"];
 
+/// Reads a probe-pair file, keeping the first `per_behavior` pairs of each behaviour when given.
+pub fn load(path: &std::path::Path, per_behavior: Option<usize>) -> Result<Vec<ProbePair>> {
+    let mut pairs: Vec<ProbePair> = super::read_jsonl(path)?;
+    if let Some(n) = per_behavior {
+        let mut seen = std::collections::BTreeMap::<String, usize>::new();
+        pairs.retain(|p| {
+            let c = seen.entry(p.behavior.clone()).or_default();
+            *c += 1;
+            *c <= n
+        });
+    }
+    Ok(pairs)
+}
+
 fn s<'a>(v: &'a Value, k: &str, at: &str) -> Result<&'a str> {
     v[k].as_str().with_context(|| format!("{at}: no string `{k}`"))
 }
