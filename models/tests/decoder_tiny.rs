@@ -265,3 +265,49 @@ fn unaligned_tensors_decode_like_aligned_ones() {
         assert_eq!(max_diff(&a, &b), 0.0, "{mode:?}");
     }
 }
+
+/// Sequences that share a prefix, packed into one pass (the prefix once, each rest seeing the
+/// prefix and itself), give the separate runs' loss terms and gradients — and the packed loss's
+/// gradient matches finite differences in every LoRA tensor.
+#[test]
+fn packed_sequences_give_the_separate_losses_and_gradients() {
+    let (_, mut m) = model(GgmlType::F32, WeightMode::Dense(DType::F64));
+    let (branches, vars) = lora_vars(&m, DType::F64, 17);
+    m.set_lora_branches(branches).unwrap();
+    let a: Vec<u32> = TOKENS.to_vec();
+    let b: Vec<u32> = [&TOKENS[..4], &[200, 201, 33, 34, 35, 36]].concat();
+    let c: Vec<u32> = [&TOKENS[..4], &[90, 91]].concat();
+    let ma = [false, false, false, false, false, true, true, false, true];
+    let mb = [false, false, false, false, false, false, true, true, true, true];
+    let mc = [false, false, false, false, false, true];
+    let seqs: Vec<(&[u32], &[bool])> = vec![(&a, &ma), (&b, &mb), (&c, &mc)];
+
+    let separate = |m: &Llama| {
+        Tensor::cat(&seqs.iter().map(|(ids, mask)| m.target_losses(ids, mask).unwrap()).collect::<Vec<_>>(), 0).unwrap()
+    };
+    let packed = m.packed_target_losses(&seqs, 4).unwrap();
+    let want = separate(&m);
+    assert_eq!(packed.dims(), want.dims());
+    assert!(max_diff(&packed, &want) < 1e-10, "losses differ by {}", max_diff(&packed, &want));
+
+    let gp = packed.sum_all().unwrap().backward().unwrap();
+    let gs = want.sum_all().unwrap().backward().unwrap();
+    for (name, va, vb) in &vars {
+        for (which, v) in [("A", va), ("B", vb)] {
+            let (x, y) = (gp.get(v).unwrap(), gs.get(v).unwrap());
+            assert!(max_diff(x, y) < 1e-10, "{name}.{which}: gradients differ by {}", max_diff(x, y));
+        }
+    }
+    let checked = check_finite_differences(&vars, &gp, || {
+        m.packed_target_losses(&seqs, 4).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+    });
+    assert_eq!(checked, 14 * 2 * 3);
+
+    // what cannot be packed is an error, not a silent miscount
+    let d: Vec<u32> = [&[1u32, 2, 3, 4][..], &TOKENS[4..]].concat();
+    let bad: Vec<(&[u32], &[bool])> = vec![(&a, &ma), (&d, &ma)];
+    assert!(m.packed_target_losses(&bad, 4).unwrap_err().to_string().contains("shared 4-token prefix"));
+    let early = [false, false, false, false, true, false, false, false, false];
+    let bad: Vec<(&[u32], &[bool])> = vec![(&a, &early)];
+    assert!(m.packed_target_losses(&bad, 4).unwrap_err().to_string().contains("inside the shared prefix"));
+}

@@ -237,3 +237,40 @@ fn the_cli_trains_resumes_and_exports() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is this a base model?"));
 }
+
+/// `share_prefix`: each micro-batch runs as one packed pass over the prefix its sequences share
+/// (here a long system prompt); without dropout the trained adapter equals the unpacked run's up
+/// to float summation order.
+#[test]
+fn packed_micro_batches_train_the_same_adapter() {
+    let tmp = TempDir::new("train-packed");
+    let system = "You are a careful assistant. Say the word you are asked to say, twice, and nothing else.";
+    let lines: Vec<String> = lines(24)
+        .iter()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["messages"].as_array_mut().unwrap().insert(0, serde_json::json!({"role": "system", "content": system}));
+            v.to_string()
+        })
+        .collect();
+    let (model, data) = setup(tmp.path(), &lines);
+    let run = |share: bool| {
+        let mut cfg = config(&model, &data);
+        (cfg.dropout, cfg.share_prefix, cfg.checkpoint_every, cfg.eval_every) = (0.0, share, 0, 0);
+        let (mut t, _) = Trainer::prepare(cfg, &tmp.path().join(format!("run-{share}")), false).unwrap();
+        let path = t.run(Hooks::default()).unwrap().unwrap();
+        (LoraAdapter::from_gguf(&Gguf::open(&path).unwrap()).unwrap(), t.packed_passes)
+    };
+    let (plain, none) = run(false);
+    let (packed, passes) = run(true);
+    assert_eq!(none, 0);
+    assert_eq!(passes, 6 * 2, "every micro-batch of 2 ran packed");
+    let mut worst = 0f32;
+    for (name, p) in &plain.pairs {
+        let q = &packed.pairs[name];
+        for (x, y) in p.a.iter().chain(&p.b).zip(q.a.iter().chain(&q.b)) {
+            worst = worst.max((x - y).abs() / (1e-3 + x.abs()));
+        }
+    }
+    assert!(worst < 1e-3, "packed and plain adapters differ by {worst} (relative)");
+}

@@ -286,7 +286,7 @@ impl Llama {
     }
 
     /// Final-norm hidden states [1, t, d].
-    pub fn hidden(&self, tokens: &[u32], mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn hidden(&self, tokens: &[u32], cache: Option<&mut KvCache>) -> Result<Tensor> {
         let t = tokens.len();
         if t == 0 {
             return Err(Error::Input("no tokens to run".into()));
@@ -299,12 +299,25 @@ impl Llama {
                 start + t
             )));
         }
+        let rot = ops::Rotary::new(self.cfg.rope_base, self.cfg.rope_dim, start, t);
+        let mask = if t > 1 { Some(ops::causal_mask(t, start, None, &self.dev)?) } else { None };
+        self.run_blocks(tokens, cache, &rot, mask)
+    }
+
+    /// The decoder over `tokens` with the given positions (rotary tables) and additive mask.
+    fn run_blocks(
+        &self,
+        tokens: &[u32],
+        mut cache: Option<&mut KvCache>,
+        rot: &ops::Rotary,
+        mask: Option<Tensor>,
+    ) -> Result<Tensor> {
+        let t = tokens.len();
         let cfg = &self.cfg;
         let (hd, nh, nkv) = (cfg.head_dim, cfg.n_head, cfg.n_head_kv);
         let dt = self.dtype;
         let mut x = self.embd.lookup(tokens, &self.dev)?.to_dtype(dt)?;
-        let rot = ops::Rotary::new(cfg.rope_base, cfg.rope_dim, start, t);
-        let mask = if t > 1 { Some(ops::causal_mask(t, start, None, &self.dev)?.to_dtype(dt)?) } else { None };
+        let mask = mask.map(|m| m.to_dtype(dt)).transpose()?;
         let scale = 1.0 / (hd as f64).sqrt();
         for (il, b) in self.blocks.iter().enumerate() {
             let h = b.attn_norm.forward(&x)?;
@@ -342,6 +355,58 @@ impl Llama {
         }
         let targets: Vec<u32> = rows.iter().map(|&p| tokens[p as usize + 1]).collect();
         let h = self.hidden(tokens, None)?.squeeze(0)?;
+        let h = h.index_select(&Tensor::new(rows.as_slice(), &self.dev)?, 0)?;
+        let logits = self.lm_head.forward(&h)?;
+        let targets = Tensor::new(targets.as_slice(), &self.dev)?;
+        Ok(logits.contiguous()?.apply_op2(&targets, super::fused::CrossEntropy)?)
+    }
+
+    /// [`Self::target_losses`] of several sequences that share their first `prefix` tokens, run
+    /// as one packed sequence: the prefix once, then each sequence's rest, which sees the prefix
+    /// and itself only (positions restart after the prefix for every rest). The prefix is then
+    /// computed once instead of once per sequence, and the losses — concatenated in order — and
+    /// their gradients equal the separate runs'. Targets must lie after the prefix.
+    pub fn packed_target_losses(&self, seqs: &[(&[u32], &[bool])], prefix: usize) -> Result<Tensor> {
+        let Some(&(first, _)) = seqs.first() else {
+            return Err(Error::Input("no sequences to pack".into()));
+        };
+        if prefix == 0 || first.len() < prefix {
+            return Err(Error::Input(format!("prefix {prefix} of a {}-token sequence", first.len())));
+        }
+        let shared = &first[..prefix];
+        let mut tokens = shared.to_vec();
+        let mut positions: Vec<usize> = (0..prefix).collect();
+        let (mut lens, mut rows, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, &(ids, mask)) in seqs.iter().enumerate() {
+            if mask.len() != ids.len() {
+                return Err(Error::Input(format!("{} tokens but {} mask entries", ids.len(), mask.len())));
+            }
+            if ids.len() <= prefix || ids[..prefix] != *shared {
+                return Err(Error::Input(format!("sequence {i} does not continue the shared {prefix}-token prefix")));
+            }
+            if mask[..=prefix].iter().any(|&m| m) {
+                return Err(Error::Input(format!("sequence {i} has a target inside the shared prefix")));
+            }
+            let offset = tokens.len();
+            for p in prefix..ids.len() - 1 {
+                if mask[p + 1] {
+                    rows.push((offset + p - prefix) as u32);
+                    targets.push(ids[p + 1]);
+                }
+            }
+            tokens.extend_from_slice(&ids[prefix..]);
+            positions.extend(prefix..ids.len());
+            lens.push(ids.len() - prefix);
+        }
+        if rows.is_empty() {
+            return Err(Error::Input("no target tokens (the loss mask is empty)".into()));
+        }
+        if let Some(&p) = positions.iter().max().filter(|&&p| p >= self.cfg.context_length) {
+            return Err(Error::Input(format!("position {p} exceeds the context of {}", self.cfg.context_length)));
+        }
+        let rot = ops::Rotary::at(self.cfg.rope_base, self.cfg.rope_dim, positions.into_iter());
+        let mask = ops::packed_mask(prefix, &lens, &self.dev)?;
+        let h = self.run_blocks(&tokens, None, &rot, Some(mask))?.squeeze(0)?;
         let h = h.index_select(&Tensor::new(rows.as_slice(), &self.dev)?, 0)?;
         let logits = self.lm_head.forward(&h)?;
         let targets = Tensor::new(targets.as_slice(), &self.dev)?;

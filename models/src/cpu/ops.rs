@@ -46,12 +46,17 @@ pub struct Rotary {
 
 impl Rotary {
     pub fn new(base: f32, rope_dim: usize, start: usize, len: usize) -> Self {
-        let half = rope_dim / 2;
+        Self::at(base, rope_dim, start..start + len)
+    }
+
+    /// Tables for the given positions, one row per token (a packed sequence restarts them).
+    pub fn at(base: f32, rope_dim: usize, positions: impl ExactSizeIterator<Item = usize>) -> Self {
+        let (half, len) = (rope_dim / 2, positions.len());
         // sin, cos and pow in f64, rounded once: the same tables on every platform's libm
         let scale = (base as f64).powf(-2.0 / rope_dim as f64) as f32;
         let mut cos = Vec::with_capacity(len * half);
         let mut sin = Vec::with_capacity(len * half);
-        for p in start..start + len {
+        for p in positions {
             let mut theta = p as f32;
             for _ in 0..half {
                 cos.push((theta as f64).cos() as f32);
@@ -135,6 +140,26 @@ pub fn causal_mask(t: usize, start: usize, window: Option<usize>, dev: &Device) 
         }
     }
     Tensor::from_vec(m, (t, l), dev)
+}
+
+/// Additive mask of a packed sequence: a shared prefix of `prefix` tokens, then segments of
+/// `lens` tokens; the prefix is causal, and each segment sees the whole prefix and its own earlier
+/// tokens, never another segment. Shape [t, t], t = prefix + Σ lens.
+pub fn packed_mask(prefix: usize, lens: &[usize], dev: &Device) -> Result<Tensor> {
+    let t = prefix + lens.iter().sum::<usize>();
+    let mut m = vec![f32::NEG_INFINITY; t * t];
+    for q in 0..prefix {
+        m[q * t..q * t + q + 1].fill(0.0);
+    }
+    let mut start = prefix;
+    for &len in lens {
+        for q in start..start + len {
+            m[q * t..q * t + prefix].fill(0.0);
+            m[q * t + start..q * t + q + 1].fill(0.0);
+        }
+        start += len;
+    }
+    Tensor::from_vec(m, (t, t), dev)
 }
 
 /// Scaled dot-product attention with grouped KV heads.
@@ -258,6 +283,14 @@ mod tests {
         // NeoX pairs (i, i + d/2): (x0, x2) = (1, 0) at position 1 -> (cos1, sin1)
         let y = to_f32_vec(&rope(&x, &c, &s, RopeStyle::Neox).unwrap()).unwrap();
         assert!((y[4] - 1f32.cos()).abs() < 1e-6 && (y[6] - 1f32.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn packed_mask_keeps_segments_apart() {
+        let m = to_f32_vec(&packed_mask(2, &[2, 1], &Device::Cpu).unwrap()).unwrap();
+        let seen: Vec<String> =
+            m.chunks(5).map(|r| r.iter().map(|v| if *v == 0.0 { 'x' } else { '.' }).collect()).collect();
+        assert_eq!(seen, ["x....", "xx...", "xxx..", "xxxx.", "xx..x"]);
     }
 
     #[test]

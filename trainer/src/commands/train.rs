@@ -87,6 +87,12 @@ pub fn run(args: TrainArgs, _g: &Global) -> Result<()> {
     };
     let done = trainer.run(Hooks { on_step: Some(&mut on_step), stop_after: args.stop_after })?;
     pb.finish_and_clear();
+    if trainer.cfg.share_prefix {
+        eprintln!(
+            "vigil: {} micro-batches ran packed over their shared prefix, {} prefix tokens not run again",
+            trainer.packed_passes, trainer.packed_saved_tokens
+        );
+    }
     let dir = args.out.display();
     match done {
         Some(adapter) => {

@@ -41,6 +41,10 @@ pub struct TrainConfig {
     pub max_steps: u64,
     /// Sequences per micro-batch and micro-batches per optimizer step.
     pub batch_size: usize,
+    /// Run each micro-batch as one packed sequence: the tokens its sequences share at the start
+    /// (the guard's system prompt and policy list) once, then each sequence's rest. Losses and
+    /// gradients equal the separate runs' (dropout masks aside), at a fraction of the tokens.
+    pub share_prefix: bool,
     pub grad_accum: usize,
     /// Warmup: `warmup_steps`, or this fraction of the total when steps is 0.
     pub warmup_steps: u64,
@@ -89,6 +93,7 @@ impl Default for TrainConfig {
             epochs: 1.0,
             max_steps: 0,
             batch_size: 4,
+            share_prefix: false,
             grad_accum: 1,
             warmup_steps: 0,
             warmup_ratio: 0.05,

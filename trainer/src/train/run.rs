@@ -72,6 +72,10 @@ pub struct Trainer {
     pub lora: LoraParams,
     pub moments: Vec<Moments>,
     pub train: Vec<Example>,
+    /// Micro-batches run as one packed pass (`share_prefix`) since this process started, and the
+    /// prefix tokens that packing did not have to run again.
+    pub packed_passes: u64,
+    pub packed_saved_tokens: u64,
     pub eval: Vec<Example>,
     /// Probe pairs of rho-guided runs.
     pub rho: Option<super::rho::ProbeSet>,
@@ -118,6 +122,22 @@ fn load_data(
         eval = e;
     }
     Ok((train, eval, errors))
+}
+
+/// Below this many shared tokens a micro-batch runs sequence by sequence (packing saves little).
+const MIN_SHARED_PREFIX: usize = 16;
+
+/// The longest prefix `exs` share that holds no target and leaves each sequence a token after it.
+fn shared_prefix(exs: &[&Example]) -> usize {
+    let first = &exs[0].ids;
+    exs.iter()
+        .map(|e| {
+            let common = first.iter().zip(&e.ids).take_while(|(a, b)| a == b).count();
+            let first_target = e.mask.iter().position(|&m| m).unwrap_or(e.ids.len());
+            common.min(first_target.saturating_sub(1)).min(e.ids.len().saturating_sub(1))
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 impl Trainer {
@@ -209,7 +229,12 @@ impl Trainer {
             let mut c = cfg.clone();
             // cadences do not change the result
             (c.eval_every, c.checkpoint_every, c.log_every) = (0, 0, 0);
-            h.update(c.to_toml());
+            let mut table: toml::Table = toml::from_str(&c.to_toml()).expect("the config serialises");
+            if !c.share_prefix {
+                // keys added later hash only when set, so older runs still resume
+                table.remove("share_prefix");
+            }
+            h.update(toml::to_string_pretty(&table).expect("a TOML table serialises"));
             for ex in train.iter().chain(&eval) {
                 for id in &ex.ids {
                     h.update(id.to_le_bytes());
@@ -227,6 +252,8 @@ impl Trainer {
             train,
             eval,
             rho: None,
+            packed_passes: 0,
+            packed_saved_tokens: 0,
             step: 0,
             total_steps,
             steps_per_epoch,
@@ -292,16 +319,34 @@ impl Trainer {
             }
             Ok(())
         };
-        for (k, &i) in idx.iter().enumerate() {
-            let ex = &self.train[i];
+        // one pass per sequence, or per micro-batch packed over its shared prefix
+        let passes: Vec<&[usize]> =
+            if self.cfg.share_prefix { idx.chunks(self.cfg.batch_size).collect() } else { idx.chunks(1).collect() };
+        let mut k = 0;
+        for pass in passes {
+            let exs: Vec<&Example> = pass.iter().map(|&i| &self.train[i]).collect();
             self.lora.dropout_seed.store(self.dropout_seed(self.step, k), std::sync::atomic::Ordering::Relaxed);
-            let losses = self.model.target_losses(&ex.ids, &ex.mask).with_context(|| ex.origin.clone())?;
+            k += pass.len();
+            let prefix = shared_prefix(&exs);
+            let losses = if exs.len() > 1 && prefix >= MIN_SHARED_PREFIX {
+                let seqs: Vec<(&[u32], &[bool])> = exs.iter().map(|e| (e.ids.as_slice(), e.mask.as_slice())).collect();
+                self.packed_passes += 1;
+                self.packed_saved_tokens += (prefix * (exs.len() - 1)) as u64;
+                self.model.packed_target_losses(&seqs, prefix).with_context(|| exs[0].origin.clone())?
+            } else {
+                let mut parts = Vec::new();
+                for e in &exs {
+                    parts.push(self.model.target_losses(&e.ids, &e.mask).with_context(|| e.origin.clone())?);
+                }
+                candle_core::Tensor::cat(&parts, 0)?
+            };
             let sum = losses.sum_all()?;
             loss_sum += sum.to_scalar::<f32>()? as f64;
             // normalised by the whole step's target tokens, not a mean of per-sequence means
             let g = (sum / total as f64)?.backward()?;
             accumulate(&g, &self.lora.params, &mut grads)?;
-            tokens += ex.ids.len();
+            // tokens of the examples (what tok/s compares), not of the packed pass
+            tokens += exs.iter().map(|e| e.ids.len()).sum::<usize>();
         }
         // the contrastive term: λ · mean over the step's pairs of the hinge
         let mut hinge = None;
