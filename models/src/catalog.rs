@@ -51,9 +51,10 @@ impl ShippedAdapter {
         cache_dir().join("adapters").join(&self.file)
     }
 
-    /// The cache copy if present with the right size, else the repository copy if present.
+    /// The repository copy if present with the right size (a checkout is authoritative: a newer
+    /// adapter may keep the name and size), else the cache copy `vigil fetch-model` made.
     pub fn available(&self) -> Option<PathBuf> {
-        [self.cache_path(), self.repo_path()]
+        [self.repo_path(), self.cache_path()]
             .into_iter()
             .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == self.size))
     }
