@@ -79,6 +79,14 @@ impl Drop for TempDir {
     }
 }
 
+/// A fixed normal tensor (mean 0, `std`): a test's random inputs must be the same on every run.
+pub fn randn(shape: &[usize], std: f32, seed: u64) -> candle_core::Tensor {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let v = crate::lora::gaussian(&mut rng, shape.iter().product(), std);
+    candle_core::Tensor::from_vec(v, shape, &candle_core::Device::Cpu).expect("shape matches the values")
+}
+
 /// A tiny random llama-architecture model as GGUF bytes, built with vigil's own writer: 2 layers,
 /// d 64, ffn 128, 4 heads / 2 KV heads, a byte-level GPT-2 vocabulary (256 bytes + ChatML control
 /// tokens, no merges) and the ChatML template. Matrices are stored as `ty` (F32, Q8_0, Q4_1…).

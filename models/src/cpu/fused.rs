@@ -453,9 +453,8 @@ mod tests {
 
     /// Forward and gradient of a fused op equal those of the composed reference ops.
     fn check(fused: impl Fn(&Tensor) -> Tensor, composed: impl Fn(&Tensor) -> Tensor, shape: &[usize]) {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.5, shape, &dev).unwrap()).unwrap();
-        let probe = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
+        let x = Var::from_tensor(&crate::testing::randn(shape, 1.5, 1)).unwrap();
+        let probe = crate::testing::randn(shape, 1.0, 2);
         let (f, c) = (fused(&x), composed(&x));
         assert!(max_abs(&f, &c) < 1e-5, "forward differs by {}", max_abs(&f, &c));
         let gf = (f * &probe).unwrap().sum_all().unwrap().backward().unwrap();
@@ -469,7 +468,7 @@ mod tests {
         use crate::cpu::ops;
         check(|x| x.apply_op1(SoftmaxLast).unwrap(), |x| ops::softmax_composed(x).unwrap(), &[3, 5, 7]);
         // swiglu: gradient to the gate (x) with a fixed up, then to up with a fixed gate
-        let other = Tensor::randn(0f32, 1.0, (4, 6), &Device::Cpu).unwrap();
+        let other = crate::testing::randn(&[4, 6], 1.0, 3);
         check(|x| x.apply_op2(&other, SwiGlu).unwrap(), |x| (ops::silu(x).unwrap() * &other).unwrap(), &[4, 6]);
         check(|x| other.apply_op2(x, SwiGlu).unwrap(), |x| (ops::silu(&other).unwrap() * x).unwrap(), &[4, 6]);
         for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
@@ -491,9 +490,9 @@ mod tests {
     fn rms_norm_matches_composed_ops_and_their_gradient() {
         let dev = Device::Cpu;
         let w: Vec<f32> = (0..16).map(|i| 0.5 + i as f32 / 10.0).collect();
-        let x = Var::from_tensor(&Tensor::randn(0f32, 2.0, (3, 16), &dev).unwrap()).unwrap();
+        let x = Var::from_tensor(&crate::testing::randn(&[3, 16], 2.0, 4)).unwrap();
         let wt = Tensor::from_slice(&w, 16, &dev).unwrap();
-        let probe = Tensor::randn(0f32, 1.0, (3, 16), &dev).unwrap();
+        let probe = crate::testing::randn(&[3, 16], 1.0, 5);
 
         let fused = x.apply_op1(RmsNorm { w: w.clone(), eps: 1e-5 }).unwrap();
         let composed = super::super::ops::rms_norm(&x, &wt, 1e-5).unwrap();

@@ -307,9 +307,9 @@ mod tests {
     fn grouped_attention_equals_repeated_heads() {
         // 4 query heads over 2 KV heads: heads 0,1 use kv 0; heads 2,3 use kv 1
         let dev = Device::Cpu;
-        let q = Tensor::randn(0f32, 1.0, (1, 4, 3, 8), &dev).unwrap();
-        let k = Tensor::randn(0f32, 1.0, (1, 2, 3, 8), &dev).unwrap();
-        let v = Tensor::randn(0f32, 1.0, (1, 2, 3, 8), &dev).unwrap();
+        let q = crate::testing::randn(&[1, 4, 3, 8], 1.0, 1);
+        let k = crate::testing::randn(&[1, 2, 3, 8], 1.0, 2);
+        let v = crate::testing::randn(&[1, 2, 3, 8], 1.0, 3);
         let mask = causal_mask(3, 0, None, &dev).unwrap();
         let got = attention(&q, &k, &v, Some(&mask), 0.3).unwrap();
         for head in 0..4 {
