@@ -240,7 +240,7 @@ fn the_cli_trains_resumes_and_exports() {
 
 /// `share_prefix`: each micro-batch runs as one packed pass over the prefix its sequences share
 /// (here a long system prompt); without dropout the trained adapter equals the unpacked run's up
-/// to float summation order.
+/// to float summation order, and so does the eval loss, computed packed as well.
 #[test]
 fn packed_micro_batches_train_the_same_adapter() {
     let tmp = TempDir::new("train-packed");
@@ -259,10 +259,13 @@ fn packed_micro_batches_train_the_same_adapter() {
         (cfg.dropout, cfg.share_prefix, cfg.checkpoint_every, cfg.eval_every) = (0.0, share, 0, 0);
         let (mut t, _) = Trainer::prepare(cfg, &tmp.path().join(format!("run-{share}")), false).unwrap();
         let path = t.run(Hooks::default()).unwrap().unwrap();
-        (LoraAdapter::from_gguf(&Gguf::open(&path).unwrap()).unwrap(), t.packed_passes)
+        let eval = t.eval_loss().unwrap().expect("an eval split");
+        (LoraAdapter::from_gguf(&Gguf::open(&path).unwrap()).unwrap(), t.packed_passes, eval)
     };
-    let (plain, none) = run(false);
-    let (packed, passes) = run(true);
+    let (plain, none, plain_eval) = run(false);
+    let (packed, passes, packed_eval) = run(true);
+    // the eval loss runs packed too (here the two adapters are all but equal, so the losses are)
+    assert!((plain_eval - packed_eval).abs() < 1e-4 * plain_eval, "eval loss {plain_eval} vs packed {packed_eval}");
     assert_eq!(none, 0);
     assert_eq!(passes, 6 * 2, "every micro-batch of 2 ran packed");
     let mut worst = 0f32;

@@ -301,23 +301,29 @@ impl Llama {
         }
         let rot = ops::Rotary::new(self.cfg.rope_base, self.cfg.rope_dim, start, t);
         let mask = if t > 1 { Some(ops::causal_mask(t, start, None, &self.dev)?) } else { None };
-        self.run_blocks(tokens, cache, &rot, mask)
+        self.run_blocks(tokens, cache, &rot, ops::Visibility::Causal(mask))
     }
 
-    /// The decoder over `tokens` with the given positions (rotary tables) and additive mask.
+    /// The decoder over `tokens` with the given positions (rotary tables) and attention visibility.
     fn run_blocks(
         &self,
         tokens: &[u32],
         mut cache: Option<&mut KvCache>,
         rot: &ops::Rotary,
-        mask: Option<Tensor>,
+        visibility: ops::Visibility,
     ) -> Result<Tensor> {
         let t = tokens.len();
         let cfg = &self.cfg;
         let (hd, nh, nkv) = (cfg.head_dim, cfg.n_head, cfg.n_head_kv);
         let dt = self.dtype;
         let mut x = self.embd.lookup(tokens, &self.dev)?.to_dtype(dt)?;
-        let mask = mask.map(|m| m.to_dtype(dt)).transpose()?;
+        let (mask, packed) = match visibility {
+            ops::Visibility::Causal(m) => (m.map(|m| m.to_dtype(dt)).transpose()?, None),
+            ops::Visibility::Packed { prefix, lens } => {
+                let masks = ops::packed_masks(prefix, &lens, dt, &self.dev)?;
+                (None, Some((prefix, lens, masks)))
+            }
+        };
         let scale = 1.0 / (hd as f64).sqrt();
         for (il, b) in self.blocks.iter().enumerate() {
             let h = b.attn_norm.forward(&x)?;
@@ -329,7 +335,10 @@ impl Llama {
                 Some(c) => c.append(il, &k, &v)?,
                 None => (k, v),
             };
-            let a = ops::attention(&q, &k, &v, mask.as_ref(), scale)?;
+            let a = match &packed {
+                Some((prefix, lens, masks)) => ops::packed_attention(&q, &k, &v, (*prefix, lens), masks, scale)?,
+                None => ops::attention(&q, &k, &v, mask.as_ref(), scale)?,
+            };
             let a = a.transpose(1, 2)?.reshape((1, t, nh * hd))?;
             x = (x + b.o.forward(&a)?)?;
             let h = b.ffn_norm.forward(&x)?;
@@ -405,8 +414,7 @@ impl Llama {
             return Err(Error::Input(format!("position {p} exceeds the context of {}", self.cfg.context_length)));
         }
         let rot = ops::Rotary::at(self.cfg.rope_base, self.cfg.rope_dim, positions.into_iter());
-        let mask = ops::packed_mask(prefix, &lens, &self.dev)?;
-        let h = self.run_blocks(&tokens, None, &rot, Some(mask))?.squeeze(0)?;
+        let h = self.run_blocks(&tokens, None, &rot, ops::Visibility::Packed { prefix, lens })?.squeeze(0)?;
         let h = h.index_select(&Tensor::new(rows.as_slice(), &self.dev)?, 0)?;
         let logits = self.lm_head.forward(&h)?;
         let targets = Tensor::new(targets.as_slice(), &self.dev)?;

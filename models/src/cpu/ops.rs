@@ -142,24 +142,45 @@ pub fn causal_mask(t: usize, start: usize, window: Option<usize>, dev: &Device) 
     Tensor::from_vec(m, (t, l), dev)
 }
 
-/// Additive mask of a packed sequence: a shared prefix of `prefix` tokens, then segments of
-/// `lens` tokens; the prefix is causal, and each segment sees the whole prefix and its own earlier
-/// tokens, never another segment. Shape [t, t], t = prefix + Σ lens.
-pub fn packed_mask(prefix: usize, lens: &[usize], dev: &Device) -> Result<Tensor> {
-    let t = prefix + lens.iter().sum::<usize>();
-    let mut m = vec![f32::NEG_INFINITY; t * t];
-    for q in 0..prefix {
-        m[q * t..q * t + q + 1].fill(0.0);
-    }
+/// Which earlier tokens each query of a decoder pass attends to.
+pub enum Visibility {
+    /// Causal over a cache's tokens and the new ones: the additive mask (None for one new token).
+    Causal(Option<Tensor>),
+    /// A packed pass: a shared prefix (causal), then segments of `lens` tokens, each seeing the
+    /// whole prefix and its own earlier tokens, never another segment.
+    Packed { prefix: usize, lens: Vec<usize> },
+}
+
+/// The additive masks of a packed pass: the prefix's causal mask, then one per segment
+/// ([len, prefix + len]: all of the prefix, causal within the segment).
+pub fn packed_masks(prefix: usize, lens: &[usize], dt: DType, dev: &Device) -> Result<Vec<Tensor>> {
+    std::iter::once(causal_mask(prefix, 0, None, dev))
+        .chain(lens.iter().map(|&len| causal_mask(len, prefix, None, dev)))
+        .map(|m| m.and_then(|m| m.to_dtype(dt)))
+        .collect()
+}
+
+/// Attention of a packed pass (q [1, h, t, d], k and v [1, h_kv, t, d]), segment by segment over
+/// the prefix's keys and its own, so cost and memory grow with Σ len·(prefix + len) rather than
+/// with the square of the packed length. `masks` from [`packed_masks`].
+pub fn packed_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    (prefix, lens): (usize, &[usize]),
+    masks: &[Tensor],
+    scale: f64,
+) -> Result<Tensor> {
+    let (kp, vp) = (k.narrow(2, 0, prefix)?, v.narrow(2, 0, prefix)?);
+    let mut outs = vec![attention(&q.narrow(2, 0, prefix)?.contiguous()?, &kp, &vp, Some(&masks[0]), scale)?];
     let mut start = prefix;
-    for &len in lens {
-        for q in start..start + len {
-            m[q * t..q * t + prefix].fill(0.0);
-            m[q * t + start..q * t + q + 1].fill(0.0);
-        }
+    for (&len, mask) in lens.iter().zip(&masks[1..]) {
+        let ks = Tensor::cat(&[&kp, &k.narrow(2, start, len)?], 2)?;
+        let vs = Tensor::cat(&[&vp, &v.narrow(2, start, len)?], 2)?;
+        outs.push(attention(&q.narrow(2, start, len)?.contiguous()?, &ks, &vs, Some(mask), scale)?);
         start += len;
     }
-    Tensor::from_vec(m, (t, t), dev)
+    Tensor::cat(&outs, 2)
 }
 
 /// Scaled dot-product attention with grouped KV heads.
@@ -285,12 +306,33 @@ mod tests {
         assert!((y[4] - 1f32.cos()).abs() < 1e-6 && (y[6] - 1f32.sin()).abs() < 1e-6);
     }
 
+    /// Segment-by-segment packed attention equals each sequence's own causal attention.
     #[test]
-    fn packed_mask_keeps_segments_apart() {
-        let m = to_f32_vec(&packed_mask(2, &[2, 1], &Device::Cpu).unwrap()).unwrap();
-        let seen: Vec<String> =
-            m.chunks(5).map(|r| r.iter().map(|v| if *v == 0.0 { 'x' } else { '.' }).collect()).collect();
-        assert_eq!(seen, ["x....", "xx...", "xxx..", "xxxx.", "xx..x"]);
+    fn packed_attention_keeps_segments_apart() {
+        let dev = Device::Cpu;
+        let (prefix, lens) = (3usize, [2usize, 4]);
+        let t = prefix + lens.iter().sum::<usize>();
+        let q = crate::testing::randn(&[1, 4, t, 8], 1.0, 7);
+        let k = crate::testing::randn(&[1, 2, t, 8], 1.0, 8);
+        let v = crate::testing::randn(&[1, 2, t, 8], 1.0, 9);
+        let masks = packed_masks(prefix, &lens, DType::F32, &dev).unwrap();
+        let got = packed_attention(&q, &k, &v, (prefix, &lens), &masks, 0.3).unwrap();
+        let mut start = prefix;
+        for len in lens {
+            // the sequence alone: prefix then this segment
+            let own = |x: &Tensor| {
+                Tensor::cat(&[x.narrow(2, 0, prefix).unwrap(), x.narrow(2, start, len).unwrap()], 2).unwrap()
+            };
+            let n = prefix + len;
+            let want =
+                attention(&own(&q), &own(&k), &own(&v), Some(&causal_mask(n, 0, None, &dev).unwrap()), 0.3).unwrap();
+            for (rows, (g0, w0)) in [(prefix, (0, 0)), (len, (start, prefix))] {
+                let g = to_f32_vec(&got.narrow(2, g0, rows).unwrap()).unwrap();
+                let w = to_f32_vec(&want.narrow(2, w0, rows).unwrap()).unwrap();
+                assert!(g.iter().zip(&w).all(|(a, b)| (a - b).abs() < 1e-5), "segment at {start}, rows from {g0}");
+            }
+            start += len;
+        }
     }
 
     #[test]

@@ -86,14 +86,24 @@ impl LoraParams {
 
     /// Attaches the branches (sharing the `Var`s) to the model.
     pub fn attach(&self, model: &mut Llama, dropout: f32) -> Result<()> {
+        self.attach_as(model, dropout, false)
+    }
+
+    /// Attaches the branches without gradient tracking (still reading the `Var`s' current values)
+    /// and without dropout: a forward pass then keeps no graph alive (evaluation).
+    pub fn attach_frozen(&self, model: &mut Llama) -> Result<()> {
+        self.attach_as(model, 0.0, true)
+    }
+
+    fn attach_as(&self, model: &mut Llama, dropout: f32, frozen: bool) -> Result<()> {
         let mut branches = HashMap::new();
+        let tensor = |p: &Param| if frozen { p.var.as_tensor().detach() } else { p.var.as_tensor().clone() };
         for (k, (name, _, _)) in self.layers.iter().enumerate() {
-            let (a, b) = (&self.params[2 * k], &self.params[2 * k + 1]);
             branches.insert(
                 name.clone(),
                 LoraBranch {
-                    a: a.var.as_tensor().clone(),
-                    b: b.var.as_tensor().clone(),
+                    a: tensor(&self.params[2 * k]),
+                    b: tensor(&self.params[2 * k + 1]),
                     scale: self.alpha as f64 / self.rank as f64,
                     dropout: (dropout > 0.0).then(|| Dropout { p: dropout, seed: self.dropout_seed.clone() }),
                 },

@@ -127,6 +127,9 @@ fn load_data(
 /// Below this many shared tokens a micro-batch runs sequence by sequence (packing saves little).
 const MIN_SHARED_PREFIX: usize = 16;
 
+/// Eval sequences per packed pass (no graph is kept, so the micro-batch size does not bound it).
+const EVAL_PACK: usize = 8;
+
 /// The longest prefix `exs` share that holds no target and leaves each sequence a token after it.
 fn shared_prefix(exs: &[&Example]) -> usize {
     let first = &exs[0].ids;
@@ -300,6 +303,45 @@ impl Trainer {
         self.cfg.seed ^ step.wrapping_mul(0x9e3779b97f4a7c15) ^ (k as u64).wrapping_mul(0xd1b54a32d192ed03)
     }
 
+    /// The passes of a micro-batch (indices into `pool`): with `share_prefix`, sequences that share
+    /// a long prefix (at least half of each, e.g. the guard prompt) run together as one packed
+    /// pass; any other sequence runs alone — packing a short shared prefix saves little and keeps
+    /// every member's activations alive at once.
+    fn passes(&self, pool: &[Example], batch: &[usize]) -> Vec<Vec<usize>> {
+        if !self.cfg.share_prefix {
+            return batch.iter().map(|&i| vec![i]).collect();
+        }
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for &i in batch {
+            let joins = groups.iter().position(|g| {
+                let pair = [&pool[g[0]], &pool[i]];
+                let shortest = pair.iter().map(|e| e.ids.len()).min().unwrap_or(0);
+                let prefix = shared_prefix(&pair);
+                prefix >= MIN_SHARED_PREFIX && 2 * prefix >= shortest
+            });
+            match joins {
+                Some(g) => groups[g].push(i),
+                None => groups.push(vec![i]),
+            }
+        }
+        groups
+    }
+
+    /// The per-target-token losses of `exs` (one pass, [`Self::passes`] decides): packed over
+    /// their shared prefix when there are several, else the one sequence's.
+    fn losses(&self, exs: &[&Example]) -> Result<candle_core::Tensor> {
+        let prefix = shared_prefix(exs);
+        if exs.len() > 1 && prefix >= MIN_SHARED_PREFIX {
+            let seqs: Vec<(&[u32], &[bool])> = exs.iter().map(|e| (e.ids.as_slice(), e.mask.as_slice())).collect();
+            return self.model.packed_target_losses(&seqs, prefix).with_context(|| exs[0].origin.clone());
+        }
+        let mut parts = Vec::new();
+        for e in exs {
+            parts.push(self.model.target_losses(&e.ids, &e.mask).with_context(|| e.origin.clone())?);
+        }
+        Ok(candle_core::Tensor::cat(&parts, 0)?)
+    }
+
     /// One optimizer step: returns (mean SFT loss per target token — NaN without an SFT term —,
     /// gradient norm, tokens, mean rho hinge when the step has a contrastive term).
     pub fn train_step(&mut self) -> Result<(f64, f32, usize, Option<f64>)> {
@@ -319,27 +361,20 @@ impl Trainer {
             }
             Ok(())
         };
-        // one pass per sequence, or per micro-batch packed over its shared prefix
-        let passes: Vec<&[usize]> =
-            if self.cfg.share_prefix { idx.chunks(self.cfg.batch_size).collect() } else { idx.chunks(1).collect() };
+        // one pass per sequence, or per group of a micro-batch packed over its shared prefix
+        let passes: Vec<Vec<usize>> =
+            idx.chunks(self.cfg.batch_size).flat_map(|batch| self.passes(&self.train, batch)).collect();
         let mut k = 0;
         for pass in passes {
             let exs: Vec<&Example> = pass.iter().map(|&i| &self.train[i]).collect();
             self.lora.dropout_seed.store(self.dropout_seed(self.step, k), std::sync::atomic::Ordering::Relaxed);
             k += pass.len();
             let prefix = shared_prefix(&exs);
-            let losses = if exs.len() > 1 && prefix >= MIN_SHARED_PREFIX {
-                let seqs: Vec<(&[u32], &[bool])> = exs.iter().map(|e| (e.ids.as_slice(), e.mask.as_slice())).collect();
+            if exs.len() > 1 && prefix >= MIN_SHARED_PREFIX {
                 self.packed_passes += 1;
                 self.packed_saved_tokens += (prefix * (exs.len() - 1)) as u64;
-                self.model.packed_target_losses(&seqs, prefix).with_context(|| exs[0].origin.clone())?
-            } else {
-                let mut parts = Vec::new();
-                for e in &exs {
-                    parts.push(self.model.target_losses(&e.ids, &e.mask).with_context(|| e.origin.clone())?);
-                }
-                candle_core::Tensor::cat(&parts, 0)?
-            };
+            }
+            let losses = self.losses(&exs)?;
             let sum = losses.sum_all()?;
             loss_sum += sum.to_scalar::<f32>()? as f64;
             // normalised by the whole step's target tokens, not a mean of per-sequence means
@@ -393,22 +428,25 @@ impl Trainer {
         optim::lr_at(self.step, self.total_steps, self.warmup_steps(), self.cfg.lr, self.cfg.schedule)
     }
 
-    /// Mean loss per target token over the eval split (no dropout).
-    pub fn eval_loss(&self) -> Result<Option<f64>> {
+    /// Mean loss per target token over the eval split (no dropout; packed like training, with
+    /// branches that track no gradient so no graph outlives its pass).
+    pub fn eval_loss(&mut self) -> Result<Option<f64>> {
         if self.eval.is_empty() {
             return Ok(None);
         }
-        let seed = &self.lora.dropout_seed;
-        let saved = seed.swap(vigil_models::cpu::linear::Dropout::OFF, std::sync::atomic::Ordering::Relaxed);
+        self.lora.attach_frozen(&mut self.model)?;
         let result = (|| -> Result<f64> {
             let (mut sum, mut n) = (0f64, 0usize);
-            for ex in &self.eval {
-                sum += self.model.target_losses(&ex.ids, &ex.mask)?.sum_all()?.to_scalar::<f32>()? as f64;
-                n += ex.targets();
+            let eval: Vec<usize> = (0..self.eval.len()).collect();
+            let size = if self.cfg.share_prefix { self.cfg.batch_size.max(EVAL_PACK) } else { 1 };
+            for pass in eval.chunks(size).flat_map(|c| self.passes(&self.eval, c)) {
+                let exs: Vec<&Example> = pass.iter().map(|&i| &self.eval[i]).collect();
+                sum += self.losses(&exs)?.sum_all()?.to_scalar::<f32>()? as f64;
+                n += exs.iter().map(|e| e.targets()).sum::<usize>();
             }
             Ok(sum / n as f64)
         })();
-        seed.store(saved, std::sync::atomic::Ordering::Relaxed);
+        self.lora.attach(&mut self.model, self.cfg.dropout)?;
         result.map(Some)
     }
 
