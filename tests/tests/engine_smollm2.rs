@@ -197,10 +197,24 @@ fn adapters_swap_without_reloading_and_mismatches_are_named() {
     assert_eq!(run(&mut g, &req, &opts).raw, base);
 }
 
-/// The Gemma 3 file is recognised but its decoder is not built yet: a clear error, not a panic.
+/// The second architecture runs through the same engine: Gemma 3 opens on the CPU, its prompt is
+/// the Gemma turn template (no system turn: the instructions lead the user turn), and a verdict comes
+/// back (forced when the untuned base writes none).
 #[test]
-fn an_architecture_without_a_decoder_is_refused_by_name() {
+fn the_gemma3_base_runs_as_a_guard() {
     let Some(path) = model_for_test("gemma3") else { return };
-    let e = Guard::open_cpu(&path, 512).err().expect("gemma3 has no CPU decoder yet").to_string();
-    assert!(e.contains("gemma3") && e.contains("gemma-3-270m-q4_k_m.gguf"), "{e}");
+    let mut g = Guard::open_cpu(&path, 2048).unwrap();
+    let req = GuardRequest::new("How do I kill a zombie process in Linux?");
+    let ids = g.prompt_ids(&req).unwrap();
+    let tok = g.tokenizer();
+    let turn = [tok.bos().unwrap(), tok.token_id("<start_of_turn>").unwrap()];
+    assert_eq!(ids[..2], turn, "<bos><start_of_turn> opens the prompt");
+    assert_eq!(ids[ids.len() - 3], turn[1], "the prompt ends in <start_of_turn>model\n");
+    // control tokens decode to nothing; the text around them is the template's
+    let text = tok.decode(&ids);
+    assert!(text.starts_with("user\n") && text.ends_with("model\n") && text.contains("zombie process"), "{text}");
+    let outcome = run(&mut g, &req, &short());
+    assert!(outcome.stats.generated_tokens > 0);
+    let v = outcome.verdict.expect("a verdict (forced if the base model writes none)");
+    assert_eq!(v.label == Label::Safe, v.policies.is_empty(), "UNSAFE names a policy, SAFE none");
 }

@@ -7,68 +7,23 @@
 //! `tools/llama_lora_tokens.py`, which also reports llama.cpp's top-1 margins: as in the golden
 //! test, a greedy step may differ only where llama.cpp's own margin is a near-tie.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
-use serde::Deserialize;
 use vigil_models::gguf::{GgmlType, Gguf};
 use vigil_models::lora::LoraAdapter;
-use vigil_models::testing::{model_for_test, repo_root, strict, TempDir};
+use vigil_models::testing::{model_for_test, TempDir};
 use vigil_runtime::backend::cpu::CpuBackend;
 use vigil_runtime::backend::Backend;
 use vigil_trainer::train::config::TrainConfig;
 use vigil_trainer::train::run::{Hooks, Trainer};
 
+mod common;
+use common::llama_cpp::{llama_cpp_dir, llama_tokens_n, Run, NEAR_TIE};
+
 const N: usize = 24;
-/// Same reasoning as golden_llama_cpp.rs: two correct implementations of 8-bit activations
-/// disagree by up to ~1 logit, so only near-ties may flip.
-const NEAR_TIE: f64 = 0.5;
-
-#[derive(Deserialize)]
-struct Run {
-    ids: Vec<u32>,
-    margins: Vec<f64>,
-}
-
-fn llama_cpp_dir() -> Option<PathBuf> {
-    let dir = std::env::var("VIGIL_LLAMA_CPP")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join("target/llama.cpp/llama_cpp_python-0.3.36"));
-    if dir.join("vendor/llama.cpp/build/bin/libllama.so").exists() {
-        return Some(dir);
-    }
-    let hint = format!("llama.cpp is not built at {} (run scripts/build-llama-cpp)", dir.display());
-    if strict() {
-        panic!("{hint} (VIGIL_STRICT=1: missing test assets are failures)");
-    }
-    eprintln!("SKIPPED: {hint}");
-    None
-}
 
 fn llama_tokens(dir: &PathBuf, model: &PathBuf, lora: Option<&PathBuf>, prompts: &[Vec<u32>]) -> Vec<Run> {
     llama_tokens_n(dir, model, lora, prompts, N)
-}
-
-fn llama_tokens_n(dir: &PathBuf, model: &PathBuf, lora: Option<&PathBuf>, prompts: &[Vec<u32>], n: usize) -> Vec<Run> {
-    let req = serde_json::json!({"model": model, "lora": lora, "prompts": prompts, "n": n});
-    let mut child = Command::new(std::env::var("VIGIL_PYTHON").unwrap_or_else(|_| "python3".into()))
-        .arg(repo_root().join("tools/llama_lora_tokens.py"))
-        .env("PYTHONPATH", dir)
-        .env("LLAMA_CPP_LIB_PATH", dir.join("vendor/llama.cpp/build/bin"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child.stdin.take().unwrap().write_all(req.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "llama.cpp reference failed: {}", String::from_utf8_lossy(&out.stderr));
-    #[derive(Deserialize)]
-    struct Out {
-        results: Vec<Run>,
-    }
-    serde_json::from_slice::<Out>(&out.stdout).unwrap().results
 }
 
 fn greedy(b: &mut dyn Backend, prompt: &[u32]) -> Vec<u32> {

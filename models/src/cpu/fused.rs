@@ -182,6 +182,60 @@ impl CustomOp2 for SwiGlu {
     }
 }
 
+/// gelu(gate) · up with the tanh GELU, as ggml's CPU GeGLU computes it: the gate rounded to f16,
+/// its GELU (from a table of f16 results) rounded to f16, outside ±10 the limits 0 and x. The f16
+/// rounding is what llama.cpp's Gemma runs with; matching it keeps greedy tokens equal.
+/// Backward: the exact GELU's derivative, d_gate = g·up·gelu'(gate), d_up = g·gelu(gate).
+pub struct GeGlu;
+
+/// tanh-approximated GELU, computed in f64 and rounded once (the same on every platform).
+pub fn gelu_tanh(x: f32) -> f32 {
+    let x = x as f64;
+    let k = (2.0 / std::f64::consts::PI).sqrt();
+    (0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh())) as f32
+}
+
+/// ggml's f16-table GELU of one value.
+pub fn gelu_ggml(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        half::f16::from_f32(gelu_tanh(half::f16::from_f32(x).to_f32())).to_f32()
+    }
+}
+
+impl CustomOp2 for GeGlu {
+    fn name(&self) -> &'static str {
+        "geglu"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("geglu: gate {:?} and up {:?} differ", l1.dims(), l2.dims());
+        }
+        let (g, u) = (f32_input(s1, l1, self.name())?, f32_input(s2, l2, self.name())?);
+        let y = g.iter().zip(u.iter()).map(|(&g, &u)| gelu_ggml(g) * u).collect();
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // gelu(x) = x·(1 + tanh(z))/2, z = k(x + a·x³); gelu'(x) = (1 + t)/2 + x(1 − t²)·k(1 + 3a·x²)/2
+        let (k, a) = ((2.0 / std::f64::consts::PI).sqrt(), 0.044715);
+        let x2 = gate.sqr()?;
+        let t = ((gate * ((&x2 * a)? + 1.0)?)? * k)?.tanh()?;
+        let gelu = ((gate * (&t + 1.0)?)? * 0.5)?;
+        let dt = ((gate * (1.0 - t.sqr()?)?)? * ((&x2 * (3.0 * a * k))? + k)?)?;
+        let dgelu = (((&t + 1.0)? + dt)? * 0.5)?;
+        Ok((Some((grad * up)?.mul(&dgelu)?), Some((grad * gelu)?)))
+    }
+}
+
 /// Softmax over the last dimension (max-subtracted). Backward: dx = y·(g − Σ g·y).
 pub struct SoftmaxLast;
 
@@ -483,6 +537,28 @@ mod tests {
                 check(|x| x.apply_op1(op()).unwrap(), |x| ops::rope(x, &c, &s, style).unwrap(), &[2, 3, 5, d]);
             }
         }
+    }
+
+    /// GeGLU: the forward is ggml's f16-table GELU (within f16 rounding of the exact one, exact at
+    /// the clamps), the gradient equals the composed ops' (candle's tanh GELU).
+    #[test]
+    fn geglu_rounds_like_ggml_and_has_the_exact_gradient() {
+        for x in [-12.0f32, -10.0, -3.3, -0.5, 0.0, 1e-3, 0.7, 2.5, 9.99, 10.0, 14.0] {
+            let (got, exact) = (gelu_ggml(x), gelu_tanh(x));
+            assert!((got - exact).abs() <= 2e-3 * exact.abs().max(1e-2), "gelu({x}) = {got}, exact {exact}");
+            assert_eq!(got, half::f16::from_f32(got).to_f32(), "gelu({x}) is an f16 value");
+        }
+        assert_eq!((gelu_ggml(-10.5), gelu_ggml(10.5)), (0.0, 10.5));
+        let up = crate::testing::randn(&[4, 6], 1.0, 6);
+        let x = Var::from_tensor(&crate::testing::randn(&[4, 6], 2.0, 7)).unwrap();
+        let probe = crate::testing::randn(&[4, 6], 1.0, 8);
+        let fused = x.apply_op2(&up, GeGlu).unwrap();
+        let composed = (x.gelu().unwrap() * &up).unwrap();
+        assert!(max_abs(&fused, &composed) < 2e-2, "forward differs by {}", max_abs(&fused, &composed));
+        let g1 = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (composed * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let d = max_abs(g1.get(&x).unwrap(), g2.get(&x).unwrap());
+        assert!(d < 1e-4, "gradient differs by {d}");
     }
 
     /// The custom RMSNorm's forward and backward agree with the composed (autograd) version.

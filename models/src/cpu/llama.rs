@@ -2,6 +2,11 @@
 //! blocks, tied or separate output head. Touvron et al., "LLaMA" (2023); GGUF tensor names as
 //! llama.cpp writes them.
 //!
+//! Gemma 3 is the same skeleton with the switches of [`ArchConfig`]: embeddings scaled by √d, a
+//! per-head RMSNorm of q and k, norms after attention and the MLP as well as before, GeGLU, and
+//! sliding-window layers (window 512, RoPE base 10,000) between global ones (base 10⁶). Its GGUF
+//! norm weights already hold Gemma's (1 + w).
+//!
 //! This is the reference decoder: every other backend is tested against it, and its ops (see
 //! [`super::ops`]) are all recorded by candle so LoRA gradients flow through it.
 
@@ -36,11 +41,30 @@ struct Block {
     q: Linear,
     k: Linear,
     v: Linear,
+    /// Per-head norms of q and k (Gemma 3), over head_dim.
+    qk_norm: Option<(Norm, Norm)>,
     o: Linear,
+    /// Norm of the attention output before the residual add (Gemma 3).
+    post_attn_norm: Option<Norm>,
     ffn_norm: Norm,
     gate: Linear,
     up: Linear,
     down: Linear,
+    /// Norm of the MLP output before the residual add (Gemma 3).
+    post_ffn_norm: Option<Norm>,
+}
+
+/// Positions and visibility of one decoder pass for one kind of layer.
+struct Attend {
+    rot: ops::Rotary,
+    vis: ops::Visibility,
+}
+
+/// A decoder pass: global layers' positions and visibility, and the sliding-window layers' where
+/// the model has them (Gemma 3).
+struct Pass {
+    global: Attend,
+    local: Option<Attend>,
 }
 
 /// Token embedding read row by row from the (quantized) GGUF table.
@@ -86,19 +110,19 @@ pub struct Llama {
 }
 
 impl Llama {
-    /// Loads a llama-architecture model. Every tensor's presence and shape is checked, and each
+    /// Loads a llama or gemma3 model. Every tensor's presence and shape is checked, and each
     /// problem names the tensor.
     pub fn load(g: &Gguf, mode: WeightMode, dev: &Device) -> Result<Self> {
         let cfg = ArchConfig::from_gguf(g)?;
-        if cfg.arch != Arch::Llama {
+        if !matches!(cfg.arch, Arch::Llama | Arch::Gemma3) {
             return Err(Error::UnsupportedArch {
                 file: g.name().into(),
                 arch: cfg.arch.name().into(),
-                supported: "llama (gemma3 and qwen2 decoders are not built yet)".into(),
+                supported: "llama, gemma3 (the qwen2 decoder is not built yet)".into(),
             });
         }
         let d = cfg.n_embd;
-        let norm = |name: &str| -> Result<Norm> {
+        let norm_of = |name: &str, d: usize| -> Result<Norm> {
             let info = g.require_tensor(name)?;
             check_dims(g, info, &[d as u64])?;
             let w = g.tensor_f32(name)?;
@@ -108,6 +132,7 @@ impl Llama {
             })?;
             Ok(Norm { w: wt, fused: super::fused::RmsNorm { w, eps: cfg.rms_eps } })
         };
+        let norm = |name: &str| norm_of(name, d);
         let embd_info = g.require_tensor("token_embd.weight")?.clone();
         check_dims(g, &embd_info, &[d as u64, cfg.vocab_size as u64])?;
         if !embd_info.ty.can_dequantize() {
@@ -122,16 +147,21 @@ impl Llama {
             let lin = |suffix: &str, i_dim: usize, o_dim: usize| {
                 Linear::load(g, &format!("blk.{i}.{suffix}.weight"), i_dim, o_dim, mode, dev)
             };
+            let head_norm = |n: &str| norm_of(&format!("blk.{i}.{n}.weight"), cfg.head_dim);
+            let post = |n: &str| cfg.post_norms.then(|| norm(&format!("blk.{i}.{n}.weight"))).transpose();
             blocks.push(Block {
                 attn_norm: norm(&format!("blk.{i}.attn_norm.weight"))?,
                 q: lin("attn_q", d, cfg.q_dim())?,
                 k: lin("attn_k", d, cfg.kv_dim())?,
                 v: lin("attn_v", d, cfg.kv_dim())?,
+                qk_norm: if cfg.qk_norm { Some((head_norm("attn_q_norm")?, head_norm("attn_k_norm")?)) } else { None },
                 o: lin("attn_output", cfg.q_dim(), d)?,
+                post_attn_norm: post("post_attention_norm")?,
                 ffn_norm: norm(&format!("blk.{i}.ffn_norm.weight"))?,
                 gate: lin("ffn_gate", d, cfg.n_ff)?,
                 up: lin("ffn_up", d, cfg.n_ff)?,
                 down: lin("ffn_down", cfg.n_ff, d)?,
+                post_ffn_norm: post("post_ffw_norm")?,
             });
         }
         let head_name = if cfg.tied_embeddings { "token_embd.weight" } else { "output.weight" };
@@ -299,51 +329,92 @@ impl Llama {
                 start + t
             )));
         }
-        let rot = ops::Rotary::new(self.cfg.rope_base, self.cfg.rope_dim, start, t);
-        let mask = if t > 1 { Some(ops::causal_mask(t, start, None, &self.dev)?) } else { None };
-        self.run_blocks(tokens, cache, &rot, ops::Visibility::Causal(mask))
+        let attend = |base: f32, window: Option<usize>| -> Result<Attend> {
+            // one new token sees every cached one, unless a window hides the oldest
+            let masked = t > 1 || window.is_some_and(|w| start + t > w);
+            let mask = if masked { Some(ops::causal_mask(t, start, window, &self.dev)?) } else { None };
+            Ok(Attend { rot: ops::Rotary::new(base, self.cfg.rope_dim, start, t), vis: ops::Visibility::Causal(mask) })
+        };
+        let pass = Pass {
+            global: attend(self.cfg.rope_base, None)?,
+            local: self.local_layers().map(|(base, w)| attend(base, Some(w))).transpose()?,
+        };
+        self.run_blocks(tokens, cache, &pass)
+    }
+
+    /// RoPE base and window of the sliding-window layers, if the model has any.
+    fn local_layers(&self) -> Option<(f32, usize)> {
+        let w = self.cfg.sliding_window?;
+        Some((self.cfg.rope_base_local.unwrap_or(self.cfg.rope_base), w))
     }
 
     /// The decoder over `tokens` with the given positions (rotary tables) and attention visibility.
-    fn run_blocks(
-        &self,
-        tokens: &[u32],
-        mut cache: Option<&mut KvCache>,
-        rot: &ops::Rotary,
-        visibility: ops::Visibility,
-    ) -> Result<Tensor> {
+    fn run_blocks(&self, tokens: &[u32], mut cache: Option<&mut KvCache>, pass: &Pass) -> Result<Tensor> {
         let t = tokens.len();
         let cfg = &self.cfg;
         let (hd, nh, nkv) = (cfg.head_dim, cfg.n_head, cfg.n_head_kv);
         let dt = self.dtype;
         let mut x = self.embd.lookup(tokens, &self.dev)?.to_dtype(dt)?;
-        let (mask, packed) = match visibility {
-            ops::Visibility::Causal(m) => (m.map(|m| m.to_dtype(dt)).transpose()?, None),
-            ops::Visibility::Packed { prefix, lens } => {
-                let masks = ops::packed_masks(prefix, &lens, dt, &self.dev)?;
-                (None, Some((prefix, lens, masks)))
-            }
+        if cfg.scale_embeddings {
+            x = (x * (cfg.n_embd as f64).sqrt())?;
+        }
+        /// A pass's visibility made ready for a layer kind: its mask, or a packed pass's masks.
+        enum Ready {
+            Causal(Option<Tensor>),
+            Packed(usize, Vec<usize>, Vec<Tensor>),
+        }
+        let ready = |a: &Attend, window: Option<usize>| -> Result<Ready> {
+            Ok(match &a.vis {
+                ops::Visibility::Causal(m) => Ready::Causal(m.as_ref().map(|m| m.to_dtype(dt)).transpose()?),
+                ops::Visibility::Packed { prefix, lens } => {
+                    Ready::Packed(*prefix, lens.clone(), ops::packed_masks(*prefix, lens, window, dt, &self.dev)?)
+                }
+            })
+        };
+        let global = ready(&pass.global, None)?;
+        let local = match (&pass.local, self.local_layers()) {
+            (Some(a), Some((_, w))) => Some(ready(a, Some(w))?),
+            _ => None,
         };
         let scale = 1.0 / (hd as f64).sqrt();
         for (il, b) in self.blocks.iter().enumerate() {
+            let (attend, vis) = match (&local, cfg.is_sliding(il)) {
+                (Some(l), true) => (pass.local.as_ref().unwrap_or(&pass.global), l),
+                _ => (&pass.global, &global),
+            };
             let h = b.attn_norm.forward(&x)?;
-            let heads = |y: Tensor, n: usize| y.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous();
-            let q = rot.apply(&heads(b.q.forward(&h)?, nh)?, cfg.rope_style)?;
-            let k = rot.apply(&heads(b.k.forward(&h)?, nkv)?, cfg.rope_style)?;
-            let v = heads(b.v.forward(&h)?, nkv)?;
+            let split = |y: Tensor, n: usize| y.reshape((1, t, n, hd));
+            let (q, k) = (split(b.q.forward(&h)?, nh)?, split(b.k.forward(&h)?, nkv)?);
+            let (q, k) = match &b.qk_norm {
+                Some((qn, kn)) => (qn.forward(&q)?, kn.forward(&k)?),
+                None => (q, k),
+            };
+            let heads = |y: Tensor| y.transpose(1, 2)?.contiguous();
+            let q = attend.rot.apply(&heads(q)?, cfg.rope_style)?;
+            let k = attend.rot.apply(&heads(k)?, cfg.rope_style)?;
+            let v = heads(split(b.v.forward(&h)?, nkv)?)?;
             let (k, v) = match cache.as_deref_mut() {
                 Some(c) => c.append(il, &k, &v)?,
                 None => (k, v),
             };
-            let a = match &packed {
-                Some((prefix, lens, masks)) => ops::packed_attention(&q, &k, &v, (*prefix, lens), masks, scale)?,
-                None => ops::attention(&q, &k, &v, mask.as_ref(), scale)?,
+            let a = match vis {
+                Ready::Packed(prefix, lens, masks) => ops::packed_attention(&q, &k, &v, (*prefix, lens), masks, scale)?,
+                Ready::Causal(mask) => ops::attention(&q, &k, &v, mask.as_ref(), scale)?,
             };
-            let a = a.transpose(1, 2)?.reshape((1, t, nh * hd))?;
-            x = (x + b.o.forward(&a)?)?;
+            let a = b.o.forward(&a.transpose(1, 2)?.reshape((1, t, nh * hd))?)?;
+            let a = match &b.post_attn_norm {
+                Some(n) => n.forward(&a)?,
+                None => a,
+            };
+            x = (x + a)?;
             let h = b.ffn_norm.forward(&x)?;
             let m = ops::gated(&b.gate.forward(&h)?, &b.up.forward(&h)?, cfg.activation)?;
-            x = (x + b.down.forward(&m)?)?;
+            let m = b.down.forward(&m)?;
+            let m = match &b.post_ffn_norm {
+                Some(n) => n.forward(&m)?,
+                None => m,
+            };
+            x = (x + m)?;
         }
         if let Some(c) = cache {
             c.advance(t);
@@ -413,8 +484,13 @@ impl Llama {
         if let Some(&p) = positions.iter().max().filter(|&&p| p >= self.cfg.context_length) {
             return Err(Error::Input(format!("position {p} exceeds the context of {}", self.cfg.context_length)));
         }
-        let rot = ops::Rotary::at(self.cfg.rope_base, self.cfg.rope_dim, positions.into_iter());
-        let h = self.run_blocks(&tokens, None, &rot, ops::Visibility::Packed { prefix, lens })?.squeeze(0)?;
+        let attend = |base: f32| Attend {
+            rot: ops::Rotary::at(base, self.cfg.rope_dim, positions.iter().copied()),
+            vis: ops::Visibility::Packed { prefix, lens: lens.clone() },
+        };
+        let pass =
+            Pass { global: attend(self.cfg.rope_base), local: self.local_layers().map(|(base, _)| attend(base)) };
+        let h = self.run_blocks(&tokens, None, &pass)?.squeeze(0)?;
         let h = h.index_select(&Tensor::new(rows.as_slice(), &self.dev)?, 0)?;
         let logits = self.lm_head.forward(&h)?;
         let targets = Tensor::new(targets.as_slice(), &self.dev)?;

@@ -152,10 +152,16 @@ pub enum Visibility {
 }
 
 /// The additive masks of a packed pass: the prefix's causal mask, then one per segment
-/// ([len, prefix + len]: all of the prefix, causal within the segment).
-pub fn packed_masks(prefix: usize, lens: &[usize], dt: DType, dev: &Device) -> Result<Vec<Tensor>> {
-    std::iter::once(causal_mask(prefix, 0, None, dev))
-        .chain(lens.iter().map(|&len| causal_mask(len, prefix, None, dev)))
+/// ([len, prefix + len]: all of the prefix, causal within the segment), within `window` if given.
+pub fn packed_masks(
+    prefix: usize,
+    lens: &[usize],
+    window: Option<usize>,
+    dt: DType,
+    dev: &Device,
+) -> Result<Vec<Tensor>> {
+    std::iter::once(causal_mask(prefix, 0, window, dev))
+        .chain(lens.iter().map(|&len| causal_mask(len, prefix, window, dev)))
         .map(|m| m.and_then(|m| m.to_dtype(dt)))
         .collect()
 }
@@ -241,8 +247,12 @@ fn weighted_rows(p: &Tensor, v: &Tensor) -> Result<Tensor> {
 
 /// SwiGLU / GeGLU gate: act(gate) · up.
 pub fn gated(gate: &Tensor, up: &Tensor, act: crate::arch::Activation) -> Result<Tensor> {
-    if act == crate::arch::Activation::Silu && gate.dtype() == DType::F32 {
-        return gate.contiguous()?.apply_op2(&up.contiguous()?, super::fused::SwiGlu);
+    if gate.dtype() == DType::F32 {
+        let (gate, up) = (gate.contiguous()?, up.contiguous()?);
+        return match act {
+            crate::arch::Activation::Silu => gate.apply_op2(&up, super::fused::SwiGlu),
+            crate::arch::Activation::GeluTanh => gate.apply_op2(&up, super::fused::GeGlu),
+        };
     }
     let g = match act {
         crate::arch::Activation::Silu => silu(gate)?,
@@ -315,7 +325,7 @@ mod tests {
         let q = crate::testing::randn(&[1, 4, t, 8], 1.0, 7);
         let k = crate::testing::randn(&[1, 2, t, 8], 1.0, 8);
         let v = crate::testing::randn(&[1, 2, t, 8], 1.0, 9);
-        let masks = packed_masks(prefix, &lens, DType::F32, &dev).unwrap();
+        let masks = packed_masks(prefix, &lens, None, DType::F32, &dev).unwrap();
         let got = packed_attention(&q, &k, &v, (prefix, &lens), &masks, 0.3).unwrap();
         let mut start = prefix;
         for len in lens {
