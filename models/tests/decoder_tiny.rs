@@ -231,25 +231,29 @@ fn gradients_flow_through_the_quantized_custom_ops() {
     // Q8_0 weights dequantize to the dense tensor the reference uses: only the 8-bit activations
     // differ. They move the small q/k gradients of this 2-layer model most: over 400 probes each
     // tensor's cosine stayed ≥ 0.81 and the whole gradient's ≥ 0.957 (the probe is fixed here).
-    let q = grads_of(GgmlType::Q8_0, WeightMode::Quantized);
-    let d = grads_of(GgmlType::Q8_0, WeightMode::Dense(DType::F32));
-    let cosine = |pairs: &mut dyn Iterator<Item = (f32, f32)>| {
-        let (mut dot, mut nq, mut nd) = (0f64, 0f64, 0f64);
-        for (a, b) in pairs {
-            dot += a as f64 * b as f64;
-            nq += (a as f64).powi(2);
-            nd += (b as f64).powi(2);
+    // Q8_0 runs through vigil's ggml kernels, Q5_0 through candle's (whose op records no gradient,
+    // so training multiplies by the dequantized weight instead).
+    for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
+        let q = grads_of(ty, WeightMode::Quantized);
+        let d = grads_of(ty, WeightMode::Dense(DType::F32));
+        let cosine = |pairs: &mut dyn Iterator<Item = (f32, f32)>| {
+            let (mut dot, mut nq, mut nd) = (0f64, 0f64, 0f64);
+            for (a, b) in pairs {
+                dot += a as f64 * b as f64;
+                nq += (a as f64).powi(2);
+                nd += (b as f64).powi(2);
+            }
+            assert!(nq > 0.0 && nd > 0.0, "zero gradient");
+            dot / (nq.sqrt() * nd.sqrt())
+        };
+        for (k, gq) in &q {
+            assert!(gq.iter().any(|g| *g != 0.0), "{ty} {k}: zero gradient with quantized weights");
+            let c = cosine(&mut gq.iter().copied().zip(d[k].iter().copied()));
+            assert!(c > 0.7, "{ty} {k}: quantized and dense gradients disagree (cosine {c})");
         }
-        assert!(nq > 0.0 && nd > 0.0, "zero gradient");
-        dot / (nq.sqrt() * nd.sqrt())
-    };
-    for (k, gq) in &q {
-        assert!(gq.iter().any(|g| *g != 0.0), "{k}: zero gradient with quantized weights");
-        let c = cosine(&mut gq.iter().copied().zip(d[k].iter().copied()));
-        assert!(c > 0.7, "{k}: quantized and dense gradients disagree (cosine {c})");
+        let all = cosine(&mut q.iter().flat_map(|(k, gq)| gq.iter().copied().zip(d[k].iter().copied())));
+        assert!(all > 0.95, "{ty}: the quantized and dense gradients disagree (cosine {all})");
     }
-    let all = cosine(&mut q.iter().flat_map(|(k, gq)| gq.iter().copied().zip(d[k].iter().copied())));
-    assert!(all > 0.95, "the quantized and dense gradients disagree (cosine {all})");
 }
 
 /// A file whose tensors sit at odd offsets (`general.alignment` = 1) decodes exactly like the

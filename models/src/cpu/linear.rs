@@ -166,6 +166,16 @@ impl Linear {
                 x.contiguous()?.apply_op1(super::fused::QMatMul(w.clone()))?
             }
             BaseWeight::Ggml(w) => x.broadcast_matmul(&w.dense(x.device())?.to_dtype(x.dtype())?.t()?)?,
+            // candle's quantized matmul records no gradient: while one flows, multiply by the
+            // dequantized weight through the op whose backward gives dX = dY·W
+            BaseWeight::Quantized(q) if x.track_op() && matches!(x.dtype(), DType::F32 | DType::F64) => {
+                let w = match q {
+                    QMatMul::QTensor(t) => t.dequantize(x.device())?,
+                    QMatMul::Tensor(w) => w.clone(),
+                    QMatMul::TensorF16(w) => w.to_dtype(DType::F32)?,
+                };
+                x.contiguous()?.apply_op1(super::fused::FrozenMatMul(w.to_dtype(x.dtype())?))?
+            }
             BaseWeight::Quantized(q) => q.forward(x)?,
             // a custom op only where a gradient flows: its backward skips the unused weight gradient
             BaseWeight::Dense(w) if x.track_op() && matches!(x.dtype(), DType::F32 | DType::F64) => {
