@@ -100,7 +100,13 @@ pub fn run(args: TrainArgs, _g: &Global) -> Result<()> {
                 "vigil: done. adapter {} · curve {dir}/loss.svg · metrics {dir}/metrics.jsonl",
                 adapter.display()
             );
-            eprintln!("       classify with: vigil classify --adapter {} \"…\"", adapter.display());
+            // the CLI's format names: rsft, dual
+            let format = if trainer.cfg.format.starts_with("dual") { " --format dual" } else { "" };
+            eprintln!(
+                "       classify with: vigil classify --model {}{format} --adapter {} \"…\"",
+                trainer.cfg.model,
+                adapter.display()
+            );
         }
         None => eprintln!("vigil: stopped at step {}; continue with: vigil train --out {dir} --resume", trainer.step),
     }
