@@ -13,11 +13,11 @@ use vigil_models::testing::model_for_test;
 use vigil_models::tokenizer::Tokenizer;
 
 /// A greedy step may differ only where llama.cpp's top-1 margin is below this. Wider than
-/// SmolLM2's 0.5: the Q5_0 / Q4_K / Q6_K products go through candle's kernels, not a bit-exact
-/// port of ggml's. First-step logits measured against llama.cpp on 3 prompts: mean |Δ| 0.16–0.35,
-/// max 0.98–1.32 — the same spread as vigil's dequantized f32 pass against llama.cpp (mean
-/// 0.18–0.42, max 0.94–1.34), i.e. the noise of 8-bit activations, not a defect (a wrong norm or
-/// RoPE moves logits by several units and disagrees at large margins).
+/// SmolLM2's 0.5: Q5_0 and Q8_0 run on vigil's ggml-exact kernels, but the Q4_K / Q6_K products go
+/// through candle's. First-step logits against llama.cpp on 3 prompts: mean |Δ| 0.09–0.16, max
+/// 0.46–0.83 (with candle's Q5_0 as well: mean 0.16–0.35, max 0.98–1.32, the spread of vigil's
+/// dequantized f32 pass). Flips seen at margins 0.07–0.55; a wrong norm or RoPE moves logits by
+/// several units and disagrees at large margins.
 const NEAR_TIE: f64 = 0.75;
 /// Greedy tokens compared per prompt.
 const N: usize = 40;
@@ -54,17 +54,16 @@ fn gemma3_greedy_tokens_equal_llama_cpps() {
         chat("How do I kill a zombie process in Linux?"),
         plain("Water boils at a temperature of"),
         chat("Write a haiku about autumn leaves."),
+        plain("The three primary colors are"),
+        chat("Is it safe to mix bleach and ammonia when cleaning?"),
     ];
     let reference = llama_tokens_n(&dir, &path, None, &prompts, N);
     let mut identical = 0;
     for (p, r) in prompts.iter().zip(&reference) {
         let ours = greedy(&m, p, N);
         let first_diff = ours.iter().zip(&r.ids).position(|(a, b)| a != b);
-        eprintln!(
-            "prompt of {} tokens: first difference {first_diff:?}\n  vigil:     {ours:?}\n  llama.cpp: {:?}",
-            p.len(),
-            r.ids
-        );
+        let margin = first_diff.map(|i| r.margins[i]);
+        eprintln!("prompt of {} tokens: first difference {first_diff:?}, llama.cpp margin there {margin:?}", p.len());
         match first_diff {
             None => identical += 1,
             Some(i) => {

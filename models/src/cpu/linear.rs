@@ -18,7 +18,7 @@ pub enum WeightMode {
 }
 
 pub enum BaseWeight {
-    /// Q4_0 / Q4_1 / Q8_0 read in place from the GGUF, multiplied with ggml's arithmetic.
+    /// Q4_0 / Q4_1 / Q5_0 / Q8_0 read in place from the GGUF, multiplied with ggml's arithmetic.
     Ggml(std::sync::Arc<super::fused::GgmlWeight>),
     /// Other quantized types, through candle's kernels.
     Quantized(QMatMul),

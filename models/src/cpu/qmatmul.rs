@@ -16,7 +16,20 @@ use crate::gguf::GgmlType;
 
 /// Weight formats with a kernel here.
 pub fn supported(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0)
+}
+
+/// The 32 values of a Q5_0 block (f16 d, 32 high bits, 16 bytes of nibbles), each minus 16.
+#[inline(always)]
+fn q5_0_values(wb: &[u8]) -> [i8; 32] {
+    let qh = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]);
+    let mut q = [0i8; 32];
+    for j in 0..16 {
+        let hi = |bit: usize| (((qh >> bit) & 1) << 4) as u8;
+        q[j] = ((wb[6 + j] & 0x0f) | hi(j)) as i8 - 16;
+        q[j + 16] = ((wb[6 + j] >> 4) | hi(j + 16)) as i8 - 16;
+    }
+    q
 }
 
 /// 8-bit activation block (ggml `block_q8_1`; `s = d·Σq` is only used against Q4_1).
@@ -89,6 +102,11 @@ fn dot_portable(ty: GgmlType, w: &[u8], x: &[Q8Block]) -> f32 {
                     q[j + 16] = (wb[4 + j] >> 4) as i32;
                 }
             }
+            GgmlType::Q5_0 => {
+                for (a, b) in q.iter_mut().zip(q5_0_values(wb)) {
+                    *a = b as i32;
+                }
+            }
             GgmlType::Q8_0 => {
                 for j in 0..32 {
                     q[j] = wb[2 + j] as i8 as i32;
@@ -120,6 +138,10 @@ mod wasm {
     #[inline(always)]
     unsafe fn block(ty: GgmlType, wb: *const u8) -> (v128, v128) {
         match ty {
+            GgmlType::Q5_0 => {
+                let q = super::q5_0_values(core::slice::from_raw_parts(wb, 22));
+                (v128_load(q.as_ptr() as *const v128), v128_load(q.as_ptr().add(16) as *const v128))
+            }
             GgmlType::Q4_0 | GgmlType::Q4_1 => {
                 let off = if ty == GgmlType::Q4_0 { 2 } else { 4 };
                 let b = v128_load(wb.add(off) as *const v128);
@@ -243,7 +265,32 @@ mod avx2 {
     }
     pub struct Q40;
     pub struct Q41;
+    pub struct Q50;
     pub struct Q80;
+
+    /// 4 bytes of bits → 32 bytes, byte i = 0xFF where bit i is set, else 0.
+    #[inline(always)]
+    unsafe fn bits(p: *const u8) -> __m256i {
+        let x = _mm256_set1_epi32((p as *const i32).read_unaligned());
+        // byte i takes source byte i / 8 ...
+        let spread =
+            _mm256_shuffle_epi8(x, _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+        // ... and is all ones exactly when its bit (i % 8) is set
+        let others = _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+        _mm256_cmpeq_epi8(others, _mm256_set1_epi8(-1))
+    }
+
+    impl Kind for Q50 {
+        const TS: usize = 22;
+        const SIGNED: bool = true;
+        const MIN: bool = false;
+        #[inline(always)]
+        unsafe fn q(p: *const u8) -> __m256i {
+            // nibble | 0xF0 where the high bit is clear = value − 16 as i8 (and nibble where set)
+            let high_clear = _mm256_andnot_si256(bits(p.add(2)), _mm256_set1_epi8(0xF0u8 as i8));
+            _mm256_or_si256(nibbles(p.add(6)), high_clear)
+        }
+    }
     impl Kind for Q40 {
         const TS: usize = 18;
         const SIGNED: bool = true;
@@ -489,6 +536,7 @@ fn rows(ty: GgmlType, w: &[u8], rb: usize, xq: &[Q8Block], nb: usize, m: usize, 
         match ty {
             GgmlType::Q4_0 => rows_x86::<avx2::Q40>(w, rb, xq, nb, m, cols, out),
             GgmlType::Q4_1 => rows_x86::<avx2::Q41>(w, rb, xq, nb, m, cols, out),
+            GgmlType::Q5_0 => rows_x86::<avx2::Q50>(w, rb, xq, nb, m, cols, out),
             GgmlType::Q8_0 => rows_x86::<avx2::Q80>(w, rb, xq, nb, m, cols, out),
             _ => unreachable!("checked by supported()"),
         }
@@ -596,7 +644,7 @@ mod tests {
             eprintln!("no AVX2 here: only the portable path is exercised");
             return;
         }
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
             let (n, k) = (7, 96);
             let w = codec::quantize(ty, &data(n * k, 1)).unwrap();
             let mut xq = vec![Q8Block::default(); k / 32];
@@ -664,7 +712,7 @@ mod tests {
     /// Every tile shape (4×4, 4×1, tails) gives exactly the portable per-element result.
     #[test]
     fn tiled_matmul_equals_portable_dots_bit_for_bit() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
             let (m, n, k) = (9, 13, 64);
             let w = codec::quantize(ty, &data(n * k, 5)).unwrap();
             let x = data(m * k, 6);
@@ -686,7 +734,7 @@ mod tests {
     /// that sum done in f64 (the only differences left are f32 rounding).
     #[test]
     fn matmul_equals_the_product_of_dequantized_operands() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
             let (m, n, k) = (3, 37, 128);
             let w = codec::quantize(ty, &data(n * k, 3)).unwrap();
             let mut wf = vec![0f32; n * k];
