@@ -152,6 +152,21 @@ impl CustomOp1 for RmsNorm {
     }
 }
 
+/// act(gate) · up, elementwise (the forward of the gated MLP activations).
+fn gated_fwd(
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    act: impl Fn(f32) -> f32,
+) -> Result<(CpuStorage, Shape)> {
+    if l1.shape() != l2.shape() {
+        candle_core::bail!("{op}: gate {:?} and up {:?} differ", l1.dims(), l2.dims());
+    }
+    let (g, u) = (f32_input(s1, l1, op)?, f32_input(s2, l2, op)?);
+    let y = g.iter().zip(u.iter()).map(|(&g, &u)| act(g) * u).collect();
+    Ok((CpuStorage::F32(y), l1.shape().clone()))
+}
+
 /// silu(gate) · up, elementwise. Backward: d_gate = g·up·silu'(gate), d_up = g·silu(gate).
 pub struct SwiGlu;
 
@@ -160,12 +175,7 @@ impl CustomOp2 for SwiGlu {
         "swiglu"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("swiglu: gate {:?} and up {:?} differ", l1.dims(), l2.dims());
-        }
-        let (g, u) = (f32_input(s1, l1, self.name())?, f32_input(s2, l2, self.name())?);
-        let y = g.iter().zip(u.iter()).map(|(&g, &u)| g / (1.0 + exp_portable(-g)) * u).collect();
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        gated_fwd(self.name(), (s1, l1), (s2, l2), |g| g / (1.0 + exp_portable(-g)))
     }
     fn bwd(
         &self,
@@ -211,12 +221,7 @@ impl CustomOp2 for GeGlu {
         "geglu"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("geglu: gate {:?} and up {:?} differ", l1.dims(), l2.dims());
-        }
-        let (g, u) = (f32_input(s1, l1, self.name())?, f32_input(s2, l2, self.name())?);
-        let y = g.iter().zip(u.iter()).map(|(&g, &u)| gelu_ggml(g) * u).collect();
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        gated_fwd(self.name(), (s1, l1), (s2, l2), gelu_ggml)
     }
     fn bwd(
         &self,
