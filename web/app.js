@@ -73,6 +73,8 @@ async function load() {
     const withAdapter = info.adapter ? ` with the adapter ${info.adapter}` : ' without an adapter';
     setStatus(`Loaded ${info.model} (${info.architecture}, ${info.quantization})${withAdapter} on ${info.backend === 'gpu' ? 'WebGPU' : 'the CPU'}.`);
     showInfo(info);
+    // Gemma guards are trained on the dual-stream format (think / proof / answer)
+    if (info.architecture === 'gemma3') $('format').value = 'dual';
     $('classify').disabled = false;
   } catch (e) {
     setStatus(`Loading failed: ${e.message}`);
@@ -82,9 +84,10 @@ async function load() {
 }
 
 function resetOutput(format) {
-  for (const id of ['reasoning', 'think', 'proof', 'answer']) $(id).textContent = '';
+  for (const id of ['reasoning', 'think', 'proof', 'answer', 'other']) $(id).textContent = '';
   $('panes-rsft').hidden = format === 'dual';
   $('panes-dual').hidden = format !== 'dual';
+  $('other-box').hidden = true;
   $('verdict').hidden = true;
   $('chips').replaceChildren();
   for (const id of ['s-ttft', 's-toks', 's-tokens']) $(id).textContent = '…';
@@ -120,7 +123,9 @@ async function classify() {
         $('s-tokens').textContent = String(tokens);
       },
       onText: (section, delta) => {
-        const pane = format === 'dual' ? { think: 'think', proof: 'proof', answer: 'answer', verdict: 'answer' }[section] : 'reasoning';
+        // dual-stream text outside <think>/<proof>/<answer> (an untrained model's) gets its own pane
+        const pane = format === 'dual' ? { think: 'think', proof: 'proof', answer: 'answer', verdict: 'answer', other: 'other' }[section] : 'reasoning';
+        if (pane === 'other') $('other-box').hidden = false;
         if (pane) $(pane).textContent += delta;
       },
       onNotice: showNotice,
@@ -172,6 +177,29 @@ async function dropped(file) {
   $('load').focus();
 }
 
+// A served base other than the default: no adapter of ours fits it unless one is chosen, and the
+// format follows the architecture.
+function baseChosen() {
+  files.base = null;
+  const option = $('base').selectedOptions[0];
+  const gemma = option?.dataset.arch === 'gemma3';
+  $('adapter').value = gemma ? '' : $('adapter').options[0].value;
+  $('format').value = gemma ? 'dual' : 'rsft';
+}
+
+// Optional served models (Gemma 3 is staged only when `vigil fetch-model gemma3` put it in the
+// cache): disabled, with the command to run, when the server does not have them.
+async function markServed() {
+  for (const o of $('base').options) {
+    if (!('optional' in o.dataset)) continue;
+    const ok = await fetch(o.value, { method: 'HEAD' }).then((r) => r.ok, () => false);
+    if (!ok) {
+      o.disabled = true;
+      o.textContent += ' — not served here (vigil fetch-model gemma3, then rebuild)';
+    }
+  }
+}
+
 function setup() {
   for (const [name, text] of SAMPLES) {
     const b = document.createElement('button');
@@ -189,7 +217,7 @@ function setup() {
   $('stop').addEventListener('click', () => controller?.abort());
   $('base-file').addEventListener('change', (e) => (files.base = e.target.files[0] || null));
   $('adapter-file').addEventListener('change', (e) => (files.adapter = e.target.files[0] || null));
-  $('base').addEventListener('change', () => (files.base = null));
+  $('base').addEventListener('change', baseChosen);
   $('text').addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && (e.ctrlKey || e.metaKey) && !$('classify').disabled) classify();
   });
@@ -210,6 +238,7 @@ function setup() {
   if ('serviceWorker' in navigator && location.protocol.startsWith('http')) {
     navigator.serviceWorker.register('sw.js').catch(() => {});
   }
+  markServed();
   const params = new URLSearchParams(location.search);
   if (params.get('backend')) $('backend').value = params.get('backend');
   if (params.has('autoload')) load();

@@ -1,6 +1,7 @@
 //! The runtime in a real browser (headless Chromium, wasm-bindgen-test): on the real SmolLM2,
 //! the WebGPU path (SwiftShader in CI) and the wasm CPU path each give the native CPU backend's
-//! greedy tokens.
+//! greedy tokens; on a tiny random Gemma 3, WebGPU (its q/k head norms, post norms, GeGLU and
+//! sliding windows compiled by the browser's WGSL compiler) gives the wasm CPU decoder's logits.
 //!
 //! Run by `scripts/test-browser`, which serves the model and `expected.json` (tokens from
 //! `vigil tokens`) at `VIGIL_TEST_SERVER` (read at compile time) and points wasm-bindgen-test at
@@ -84,4 +85,29 @@ async fn wasm_cpu_gives_the_native_cpu_tokens() {
 #[wasm_bindgen_test]
 async fn webgpu_gives_the_native_dense_cpu_tokens() {
     check(BackendChoice::Gpu, "gpu", "dense", 1).await;
+}
+
+/// Generated here (no download): a tiny Gemma 3 on WebGPU against the wasm CPU decoder with
+/// dense f32 weights, prefill past the sliding window and a few decode steps.
+#[wasm_bindgen_test]
+async fn webgpu_runs_gemma3_like_the_wasm_cpu() {
+    use vigil_models::cpu::WeightMode;
+    use vigil_models::gguf::GgmlType;
+    use vigil_runtime::backend::{cpu::CpuBackend, gpu::GpuBackend, Backend};
+    let g = Gguf::from_bytes("tiny-gemma3.gguf", vigil_models::testing::tiny_gemma3(GgmlType::Q8_0, 3)).unwrap();
+    let gpu = vigil_kernels::Gpu::new().await.expect("a WebGPU adapter");
+    let mut gb = GpuBackend::load(std::sync::Arc::new(gpu), &g, 256).expect("the GPU backend loads gemma3");
+    let mut cb = CpuBackend::load_mode(&g, 256, WeightMode::Dense(candle_core::DType::F32)).unwrap();
+    let prompt: Vec<u32> = (0..40).map(|i| ((i * 37 + 11) % 250) as u32).collect();
+    let mut steps = vec![prompt];
+    steps.extend((0..4u32).map(|i| vec![i * 13 + 1]));
+    for (i, ids) in steps.iter().enumerate() {
+        let a = gb.forward_async(ids).await.unwrap();
+        let b = cb.forward_async(ids).await.unwrap();
+        let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        // f16 KV where the adapter has it: keys and values rounded to 11 bits
+        let tol = if gb.kv_f16() { 3e-2 } else { 2e-3 };
+        assert!(d < tol, "step {i}: WebGPU and wasm CPU logits differ by {d}");
+    }
+    web_sys_console_log(&Array::of1(&format!("tiny gemma3: WebGPU = wasm CPU (f16 KV {})", gb.kv_f16()).into()));
 }

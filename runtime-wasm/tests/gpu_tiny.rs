@@ -10,7 +10,7 @@ use vigil_models::cpu::sampling::{Sampler, SamplingParams};
 use vigil_models::cpu::WeightMode;
 use vigil_models::gguf::{GgmlType, Gguf};
 use vigil_models::lora::LoraAdapter;
-use vigil_models::testing::tiny_llama;
+use vigil_models::testing::{tiny_gemma3, tiny_llama};
 use vigil_runtime::backend::cpu::CpuBackend;
 use vigil_runtime::backend::gpu::{GpuBackend, GpuOptions};
 use vigil_runtime::backend::Backend;
@@ -93,6 +93,48 @@ fn the_f16_cache_stays_close_to_the_f32_reference() {
         assert_eq!(a, b, "step {step}");
         a = gb.forward_sample(&[a], &mut sg).unwrap();
         b = cb.forward_sample(&[b], &mut sc).unwrap();
+    }
+}
+
+/// Gemma 3 (tiny): √d-scaled embeddings, per-head q/k norms, post norms added into the residual
+/// stream, GeGLU, five sliding-window layers (window 8, local RoPE base) and a global one. Prompts
+/// of 5, 40 and 300 tokens all run past the window; decoding goes on past it too; and a LoRA adapter
+/// on every projection (the post-normed ones included) matches.
+#[test]
+fn gemma3_matches_the_cpu_with_windows_norms_and_lora() {
+    let Some(gpu) = gpu_for_test() else { return };
+    let gpu = Arc::new(gpu);
+    for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
+        let g = Gguf::from_bytes("tiny-gemma3.gguf", tiny_gemma3(ty, 7)).unwrap();
+        let mut gb = GpuBackend::load_with(gpu.clone(), &g, 1024, GpuOptions { kv_f16: false }).unwrap();
+        let mut cb = CpuBackend::load_mode(&g, 1024, WeightMode::Dense(candle_core::DType::F32)).unwrap();
+        for (n, then_decode) in [(5, 12), (40, 3), (300, 2)] {
+            gb.truncate(0);
+            cb.truncate(0);
+            let p = prompt(n);
+            let d = max_diff(&gb.forward(&p).unwrap(), &cb.forward(&p).unwrap());
+            assert!(d < 2e-3, "{ty} prefill of {n}: logits differ by {d}");
+            for i in 0..then_decode {
+                let tok = [(i * 13 + 1) as u32];
+                let d = max_diff(&gb.forward(&tok).unwrap(), &cb.forward(&tok).unwrap());
+                assert!(d < 2e-3, "{ty} decode step {i} after {n}: logits differ by {d}");
+            }
+        }
+        if ty == GgmlType::Q8_0 {
+            let targets: Vec<(String, usize, usize)> = g
+                .tensors()
+                .iter()
+                .filter(|t| vigil_models::lora::TARGETS.iter().any(|s| t.name.ends_with(&format!("{s}.weight"))))
+                .map(|t| (t.name.clone(), t.dims[0] as usize, t.dims[1] as usize))
+                .collect();
+            assert_eq!(targets.len(), 6 * 7);
+            let adapter = LoraAdapter::random("gemma3", &targets, 8, 16.0, 0.1, 9);
+            gb.set_adapter(Some(&adapter)).unwrap();
+            cb.set_adapter(Some(&adapter)).unwrap();
+            let p = prompt(20);
+            let d = max_diff(&gb.forward(&p).unwrap(), &cb.forward(&p).unwrap());
+            assert!(d < 2e-3, "{ty} with LoRA: logits differ by {d}");
+        }
     }
 }
 

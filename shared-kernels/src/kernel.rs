@@ -22,6 +22,8 @@ pub enum Kernel {
     /// Token embeddings from the quantized table.
     Embed,
     RmsNorm,
+    /// RMSNorm of each head in place (q/k norms).
+    HeadNorm,
     Rope,
     /// Appends keys and values to the cache.
     KvWrite,
@@ -29,6 +31,7 @@ pub enum Kernel {
     AttnSoftmax,
     AttnValues,
     SwiGlu,
+    GeGlu,
     /// y = s · x · Wᵀ with f32 W (LoRA halves).
     Dense,
     /// Argmax / top-k sampling.
@@ -50,19 +53,21 @@ const QUANT: &str = include_str!("wgsl/quant.wgsl");
 const QUANT_DOT: &str = include_str!("wgsl/quant_dot.wgsl");
 
 impl Kernel {
-    pub const ALL: [Kernel; 14] = [
+    pub const ALL: [Kernel; 16] = [
         Kernel::MatVec,
         Kernel::MatMul,
         Kernel::MatVecRows,
         Kernel::MatVecSubgroup,
         Kernel::Embed,
         Kernel::RmsNorm,
+        Kernel::HeadNorm,
         Kernel::Rope,
         Kernel::KvWrite,
         Kernel::AttnScores,
         Kernel::AttnSoftmax,
         Kernel::AttnValues,
         Kernel::SwiGlu,
+        Kernel::GeGlu,
         Kernel::Dense,
         Kernel::Sample,
     ];
@@ -91,12 +96,13 @@ impl Kernel {
             Kernel::MatVecSubgroup => (&[STEP, QUANT, QUANT_DOT], include_str!("wgsl/matvec_sg.wgsl")),
             Kernel::Embed => (&[STEP, QUANT], include_str!("wgsl/embed.wgsl")),
             Kernel::RmsNorm => (&[STEP], include_str!("wgsl/rmsnorm.wgsl")),
+            Kernel::HeadNorm => (&[STEP], include_str!("wgsl/head_norm.wgsl")),
             Kernel::Rope => (&[STEP], include_str!("wgsl/rope.wgsl")),
             Kernel::KvWrite => (&[STEP], include_str!("wgsl/kv_write.wgsl")),
             Kernel::AttnScores | Kernel::AttnSoftmax | Kernel::AttnValues => {
                 (&[STEP], include_str!("wgsl/attention.wgsl"))
             }
-            Kernel::SwiGlu => (&[STEP], include_str!("wgsl/swiglu.wgsl")),
+            Kernel::SwiGlu | Kernel::GeGlu => (&[STEP], include_str!("wgsl/glu.wgsl")),
             Kernel::Dense => (&[STEP], include_str!("wgsl/dense.wgsl")),
             Kernel::Sample => (&[STEP], include_str!("wgsl/sample.wgsl")),
         };
@@ -114,6 +120,8 @@ impl Kernel {
             Kernel::AttnScores => "scores",
             Kernel::AttnSoftmax => "softmax",
             Kernel::AttnValues => "values",
+            Kernel::SwiGlu => "swiglu",
+            Kernel::GeGlu => "geglu",
             _ => "main",
         }
     }
@@ -132,7 +140,7 @@ impl Kernel {
             Kernel::RmsNorm | Kernel::Rope | Kernel::Dense => &[U, U, R, R, W],
             Kernel::KvWrite => &[U, U, R, W, W],
             Kernel::AttnScores | Kernel::AttnSoftmax | Kernel::AttnValues => &[U, U, R, R, R, W, W],
-            Kernel::SwiGlu | Kernel::Sample => &[U, U, R, W],
+            Kernel::SwiGlu | Kernel::GeGlu | Kernel::Sample | Kernel::HeadNorm => &[U, U, R, W],
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct EmbedParams {
     pub vocab: u32,
     pub row0: u32,
     pub rows: u32,
+    /// Multiplies every value (Gemma scales embeddings by √d; 1 elsewhere).
+    pub scale: f32,
+    pub _pad: [u32; 3],
 }
 
 /// rmsnorm.wgsl
@@ -43,7 +46,22 @@ pub struct EmbedParams {
 pub struct NormParams {
     pub n: u32,
     pub eps: f32,
-    pub _pad: [u32; 2],
+    /// 1: add the normed values to the output (a post-norm feeding the residual stream).
+    pub accumulate: u32,
+    pub _pad: u32,
+}
+
+/// head_norm.wgsl
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct HeadNormParams {
+    /// values per head
+    pub n: u32,
+    pub eps: f32,
+    pub heads: u32,
+    pub x_stride: u32,
+    pub x_offset: u32,
+    pub _pad: [u32; 3],
 }
 
 /// rope.wgsl
@@ -89,7 +107,7 @@ pub struct AttnParams {
     pub _pad: [u32; 2],
 }
 
-/// swiglu.wgsl
+/// glu.wgsl
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub struct GluParams {
@@ -133,6 +151,7 @@ mod tests {
             std::mem::size_of::<MatParams>(),
             std::mem::size_of::<EmbedParams>(),
             std::mem::size_of::<NormParams>(),
+            std::mem::size_of::<HeadNormParams>(),
             std::mem::size_of::<RopeParams>(),
             std::mem::size_of::<KvParams>(),
             std::mem::size_of::<AttnParams>(),

@@ -202,7 +202,14 @@ fn embedding_rows_match_the_codec() {
     let step = run.step(Step { pos: 0, t: ids.len() as u32, l: 0, rand: 0.0 });
     let mut ds = Vec::new();
     for part in &w.parts {
-        let p = EmbedParams { d: d as u32, vocab: vocab as u32, row0: part.row0 as u32, rows: part.rows as u32 };
+        let p = EmbedParams {
+            d: d as u32,
+            vocab: vocab as u32,
+            row0: part.row0 as u32,
+            rows: part.rows as u32,
+            scale: 2.5,
+            ..Default::default()
+        };
         let p = gpu.uniform("p", &p);
         let bufs = [&p, &step, &part.qs, &part.scales, &idb, &out];
         ds.push(
@@ -212,35 +219,108 @@ fn embedding_rows_match_the_codec() {
         );
     }
     run.go(&ds);
-    let want: Vec<f32> = ids.iter().flat_map(|&i| deq[(i.min(299) as usize) * d..][..d].to_vec()).collect();
-    assert_close("embed (out-of-range ids clamp)", &run.read(&out, ids.len() * d), &want, 0.0);
+    let want: Vec<f32> =
+        ids.iter().flat_map(|&i| deq[(i.min(299) as usize) * d..][..d].iter().map(|v| v * 2.5)).collect();
+    assert_close("embed (scaled; out-of-range ids clamp)", &run.read(&out, ids.len() * d), &want, 0.0);
 }
 
 #[test]
 fn rmsnorm_matches_the_cpu() {
     let Some(gpu) = gpu_for_test() else { return };
     let run = Run::new(&gpu);
-    for (n, t) in [(576, 3), (37, 1), (1000, 2)] {
+    // the last case adds into what the output holds (a post-norm into the residual stream)
+    for (n, t, accumulate) in [(576, 3, false), (37, 1, false), (1000, 2, false), (640, 3, true)] {
         let x = randv(&mut rng(n as u64), t * n, 3.0);
         let w = randv(&mut rng(1), n, 1.0);
-        let mut want = vec![0f32; t * n];
+        let y0 = if accumulate { randv(&mut rng(2), t * n, 1.0) } else { vec![0.0; t * n] };
+        let mut want = y0.clone();
         for ti in 0..t {
             let r = &x[ti * n..(ti + 1) * n];
             let ms = r.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / n as f64;
             let s = 1.0 / (ms + 1e-5).sqrt();
             for i in 0..n {
-                want[ti * n + i] = (r[i] as f64 * s * w[i] as f64) as f32;
+                want[ti * n + i] += (r[i] as f64 * s * w[i] as f64) as f32;
             }
         }
-        let (xb, wb, out) = (run.buf(&x), run.buf(&w), run.buf(&vec![0.0; t * n]));
+        let (xb, wb, out) = (run.buf(&x), run.buf(&w), run.buf(&y0));
         let step = run.step(Step { pos: 0, t: t as u32, l: 0, rand: 0.0 });
-        let p = gpu.uniform("p", &NormParams { n: n as u32, eps: 1e-5, ..Default::default() });
+        let p = gpu.uniform("p", &NormParams { n: n as u32, eps: 1e-5, accumulate: accumulate as u32, _pad: 0 });
         run.go(&[run
             .kernels
             .dispatch(&gpu, Kernel::RmsNorm, 0, &[&p, &step, &wb, &xb, &out], [t as u32, 1, 1])
             .unwrap()]);
-        assert_close(&format!("rmsnorm n{n}"), &run.read(&out, t * n), &want, 1e-5);
+        assert_close(&format!("rmsnorm n{n} accumulate {accumulate}"), &run.read(&out, t * n), &want, 1e-5);
     }
+}
+
+#[test]
+fn head_norm_normalizes_each_head_in_place() {
+    let Some(gpu) = gpu_for_test() else { return };
+    let run = Run::new(&gpu);
+    // 3 tokens of a q|k row: 4 heads of 256 (Gemma 3's head dim) at offset 40 of a 1100-wide row
+    let (n, heads, t, stride, offset) = (256, 4, 3, 1100, 40);
+    let x = randv(&mut rng(21), t * stride, 3.0);
+    let w = randv(&mut rng(22), n, 1.0);
+    let mut want = x.clone();
+    for ti in 0..t {
+        for h in 0..heads {
+            let base = ti * stride + offset + h * n;
+            let ms = x[base..base + n].iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / n as f64;
+            let s = 1.0 / (ms + 1e-6).sqrt();
+            for i in 0..n {
+                want[base + i] = (x[base + i] as f64 * s * w[i] as f64) as f32;
+            }
+        }
+    }
+    let (xb, wb) = (run.buf(&x), run.buf(&w));
+    let step = run.step(Step { pos: 0, t: t as u32, l: 0, rand: 0.0 });
+    let p = HeadNormParams {
+        n: n as u32,
+        eps: 1e-6,
+        heads: heads as u32,
+        x_stride: stride as u32,
+        x_offset: offset as u32,
+        ..Default::default()
+    };
+    let p = gpu.uniform("p", &p);
+    run.go(&[run.kernels.dispatch(&gpu, Kernel::HeadNorm, 0, &[&p, &step, &wb, &xb], [t as u32, heads as u32, 1]).unwrap()]);
+    // values outside the heads stay as they were
+    assert_close("head norm", &run.read(&xb, t * stride), &want, 1e-5);
+}
+
+#[test]
+fn geglu_equals_ggml_gelu_of_the_cpu_decoder() {
+    let Some(gpu) = gpu_for_test() else { return };
+    let run = Run::new(&gpu);
+    let (n, t) = (333, 2);
+    // gates across GELU's whole range, the ±10 cut-offs included
+    let mut g = randv(&mut rng(31), t * 2 * n, 12.0);
+    g[0] = 10.0;
+    g[1] = -10.0;
+    g[2] = 9.99;
+    g[3] = 0.0;
+    let out = run.buf(&vec![0.0; t * n]);
+    let step = run.step(Step { pos: 0, t: t as u32, l: 0, rand: 0.0 });
+    let p = gpu.uniform("p", &GluParams { n: n as u32, stride: 2 * n as u32, gate_offset: 0, up_offset: n as u32 });
+    let gb = run.buf(&g);
+    run.go(&[run
+        .kernels
+        .dispatch(&gpu, Kernel::GeGlu, 0, &[&p, &step, &gb, &out], [(n as u32).div_ceil(64), t as u32, 1])
+        .unwrap()]);
+    let got = run.read(&out, t * n);
+    let gelu = vigil_models::cpu::fused::gelu_ggml;
+    let mut exact = 0;
+    for ti in 0..t {
+        for i in 0..n {
+            let (a, b) = (g[ti * 2 * n + i], g[ti * 2 * n + n + i]);
+            let want = gelu(a) * b;
+            let v = got[ti * n + i];
+            // the f16 table: equal, or one f16 step apart where tanh rounds across a boundary
+            assert!((v - want).abs() <= 1e-3 * (1.0 + want.abs()), "geglu({a}) · {b}: gpu {v} vs cpu {want}");
+            exact += (v == want) as usize;
+        }
+    }
+    assert!(exact * 10 >= t * n * 9, "only {exact} of {} values equal the CPU's exactly", t * n);
 }
 
 #[test]

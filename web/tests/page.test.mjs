@@ -76,3 +76,44 @@ test('the demo page streams reasoning, shows a verdict, and works offline afterw
     server.close();
   }
 });
+
+// Gemma 3 270M, the second architecture, on the wasm CPU path: choosing it clears the SmolLM2
+// adapter and switches to the dual-stream panes; it loads, streams and ends with a verdict badge.
+// Served only when `vigil fetch-model gemma3` put it in the cache (scripts/test-all does).
+test('the page runs the Gemma 3 base with think / proof / answer panes', { timeout: 15 * 60_000 }, async (t) => {
+  if (!existsSync(resolve(dist, 'models/gemma-3-270m-q4_k_m.gguf'))) {
+    assert.ok(process.env.VIGIL_STRICT !== '1', 'Gemma 3 is not staged in web/dist/models (vigil fetch-model gemma3)');
+    t.skip('Gemma 3 is not staged (vigil fetch-model gemma3)');
+    return;
+  }
+  mkdirSync(out, { recursive: true });
+  const { server, url } = await serve({ '/': dist });
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: CHROMIUM_ARGS });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1200, height: 1400 } });
+    page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
+    await page.goto(`${url}/?backend=cpu`);
+    await page.selectOption('#base', 'models/gemma-3-270m-q4_k_m.gguf');
+    assert.equal(await page.inputValue('#adapter'), '', 'the SmolLM2 adapter does not fit Gemma: none is chosen');
+    assert.equal(await page.inputValue('#format'), 'dual', 'Gemma uses the dual-stream format');
+    await page.click('#load');
+    await page.waitForSelector('#classify:not([disabled])', { timeout: 10 * 60_000 });
+    const status = await page.textContent('#load-status');
+    assert.match(status, /\(gemma3, .*\) without an adapter/, status);
+    await page.fill('#text', 'How do I kill a zombie process in Linux?');
+    await page.fill('#max-tokens', '24');
+    await page.click('#classify');
+    await page.waitForSelector('#verdict:not([hidden])', { timeout: 10 * 60_000 });
+    assert.equal(await page.isVisible('#panes-dual'), true, 'the think / proof / answer panes are shown');
+    assert.equal(await page.isVisible('#panes-rsft'), false);
+    const written = await page.evaluate(() => ['think', 'proof', 'answer', 'other'].map((id) => document.getElementById(id).textContent).join(''));
+    assert.ok(written.length > 0, 'the model wrote into the panes');
+    const tokens = await page.textContent('#s-tokens');
+    assert.match(tokens, /^([1-9]|1\d|2[0-4]) generated/, `at most the 24 tokens asked for: ${tokens}`);
+    console.log(`gemma3: ${status} · badge ${await page.textContent('#badge')} · ${tokens} · ${await page.textContent('#s-toks')}`);
+    await page.screenshot({ path: resolve(out, 'demo-page-gemma3.png'), fullPage: true });
+  } finally {
+    await browser.close();
+    server.close();
+  }
+});

@@ -1,4 +1,4 @@
-//! The GPU backend: the llama decoder as a fixed program of WGSL dispatches (vigil-kernels).
+//! The GPU backend: the decoder (llama, gemma3) as a fixed program of WGSL dispatches (vigil-kernels).
 //!
 //! Everything is created at load — weights uploaded once, activation and KV buffers, bind groups,
 //! pipelines. A step writes one 16-byte uniform (position, tokens) and the token ids, records the
@@ -8,7 +8,8 @@
 //!
 //! Prompts are prefilled in chunks of up to `TMAX` tokens with the tiled matmul; decode steps use
 //! the matvec kernels. Residual adds are fused: the attention-output and down projections
-//! accumulate into the residual stream. A LoRA branch is two dense dispatches after its projection,
+//! accumulate into the residual stream — or, where the architecture norms them first (Gemma's post
+//! norms), the norm adds its output into it. A LoRA branch is two dense dispatches after its projection,
 //! rebuilt when the adapter changes — the base model is untouched.
 
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use vigil_kernels::params::*;
 use vigil_kernels::wgpu;
 use vigil_kernels::{Dispatch, Gpu, GpuError, Kernel, Kernels, MatKernels, QWeight};
-use vigil_models::arch::{Arch, ArchConfig, RopeStyle};
+use vigil_models::arch::{Activation, Arch, ArchConfig, RopeStyle};
 use vigil_models::cpu::ops::Rotary;
 use vigil_models::cpu::sampling::Sampler;
 use vigil_models::gguf::Gguf;
@@ -297,11 +298,12 @@ impl GpuBackend {
             return Err(Error::Device(format!("{}: an f16 KV cache needs SHADER_F16", gpu.describe())));
         }
         let cfg = ArchConfig::from_gguf(g)?;
-        if cfg.arch != Arch::Llama {
+        // qwen2's q/k/v biases have no op here yet
+        if !matches!(cfg.arch, Arch::Llama | Arch::Gemma3) {
             return Err(Error::UnsupportedArch {
                 file: g.name().into(),
                 arch: cfg.arch.name().into(),
-                supported: "llama (on the GPU backend)".into(),
+                supported: "llama, gemma3 (on the GPU backend)".into(),
             });
         }
         let ctx = context.min(cfg.context_length).max(1);
@@ -351,11 +353,22 @@ impl GpuBackend {
             weight_bytes: 0,
         };
         let step = &s.step;
-        let rot = Rotary::new(cfg.rope_base, cfg.rope_dim, 0, ctx);
-        let cos = b.storage("rope.cos", &rot.cos)?;
-        let sin = b.storage("rope.sin", &rot.sin)?;
+        // rotary tables: the global layers', and the sliding-window layers' where their base differs
+        let mut tables = |base: f32| -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+            let rot = Rotary::new(base, cfg.rope_dim, 0, ctx);
+            let (cos, sin) = (b.storage("rope.cos", &rot.cos)?, b.storage("rope.sin", &rot.sin)?);
+            b.keep.extend([cos.clone(), sin.clone()]);
+            Ok((cos, sin))
+        };
+        let global_rope = tables(cfg.rope_base)?;
+        let local_rope = match cfg.rope_base_local {
+            Some(base) if cfg.sliding_window.is_some() => tables(base)?,
+            _ => global_rope.clone(),
+        };
         let scores = f32s("scores", cfg.n_head * TMAX * ctx)?;
         let norm_params = b.uniform(&NormParams { n: d as u32, eps: cfg.rms_eps, ..Default::default() });
+        let norm_add = b.uniform(&NormParams { n: d as u32, eps: cfg.rms_eps, accumulate: 1, _pad: 0 });
+        let embd_scale = if cfg.scale_embeddings { (d as f32).sqrt() } else { 1.0 };
 
         let embd = b.upload("token_embd.weight", cfg.vocab_size, d)?;
         for part in &embd.parts {
@@ -364,6 +377,8 @@ impl GpuBackend {
                 vocab: cfg.vocab_size as u32,
                 row0: part.row0 as u32,
                 rows: part.rows as u32,
+                scale: embd_scale,
+                ..Default::default()
             });
             let bufs = [&ep, step, &part.qs, &part.scales, &s.ids, &s.x];
             b.op(Kernel::Embed, embd.qtype, &bufs, Grid::PerToken((d as u32).div_ceil(64)))?;
@@ -378,6 +393,22 @@ impl GpuBackend {
             b.project(&name("attn_q"), d, qd, site("h", "qkv", qkv_w, 0, false))?;
             b.project(&name("attn_k"), d, kvd, site("h", "qkv", qkv_w, qd, false))?;
             b.project(&name("attn_v"), d, kvd, site("h", "qkv", qkv_w, qd + kvd, false))?;
+            if cfg.qk_norm {
+                for (t, heads, offset) in [("attn_q_norm", cfg.n_head, 0), ("attn_k_norm", cfg.n_head_kv, qd)] {
+                    let w = b.norm(&name(t), hd)?;
+                    let p = b.uniform(&HeadNormParams {
+                        n: hd as u32,
+                        eps: cfg.rms_eps,
+                        heads: heads as u32,
+                        x_stride: qkv_w as u32,
+                        x_offset: offset as u32,
+                        ..Default::default()
+                    });
+                    b.op(Kernel::HeadNorm, 0, &[&p, step, &w, &s.qkv], Grid::TokenHeads(heads as u32))?;
+                }
+            }
+            let sliding = cfg.is_sliding(il);
+            let (cos, sin) = if sliding { &local_rope } else { &global_rope };
             let neox = (cfg.rope_style == RopeStyle::Neox) as u32;
             let half = cfg.rope_dim / 2;
             for (heads, offset) in [(cfg.n_head, 0), (cfg.n_head_kv, qd)] {
@@ -393,7 +424,7 @@ impl GpuBackend {
                 b.op(
                     Kernel::Rope,
                     0,
-                    &[&rp, step, &cos, &sin, &s.qkv],
+                    &[&rp, step, cos, sin, &s.qkv],
                     Grid::PerToken(((heads * half) as u32).div_ceil(64)),
                 )?;
             }
@@ -409,7 +440,7 @@ impl GpuBackend {
                 ..Default::default()
             });
             b.op(Kernel::KvWrite, kv_type, &[&kvp, step, &s.qkv, &kc, &vc], Grid::PerToken((kvd as u32).div_ceil(64)))?;
-            let window = if cfg.is_sliding(il) { cfg.sliding_window.unwrap_or(0) } else { 0 };
+            let window = if sliding { cfg.sliding_window.unwrap_or(0) } else { 0 };
             let ap = b.uniform(&AttnParams {
                 heads: cfg.n_head as u32,
                 kv_heads: cfg.n_head_kv as u32,
@@ -428,16 +459,30 @@ impl GpuBackend {
             b.op(Kernel::AttnSoftmax, kv_type, &attn, Grid::TokenHeads(cfg.n_head as u32))?;
             b.op(Kernel::AttnValues, kv_type, &attn, Grid::PerToken(((cfg.n_head * hd) as u32).div_ceil(64)))?;
             b.keep.extend([kc, vc]);
-            // residual add fused: the output projection accumulates into x
-            b.project(&name("attn_output"), qd, d, site("att", "x", d, 0, true))?;
+            // residual add fused: the output projection accumulates into x, or writes h and its
+            // post norm adds into x
+            let residual = |b: &mut Builder, weight: &str, n_in: usize, input: &'static str, post: &str| {
+                if cfg.post_norms {
+                    b.project(&name(weight), n_in, d, site(input, "h", d, 0, false))?;
+                    let w = b.norm(&name(post), d)?;
+                    b.op(Kernel::RmsNorm, 0, &[&norm_add, step, &w, &s.h, &s.x], Grid::Tokens)
+                } else {
+                    b.project(&name(weight), n_in, d, site(input, "x", d, 0, true))
+                }
+            };
+            residual(&mut b, "attn_output", qd, "att", "post_attention_norm")?;
             let ffn_norm = b.norm(&name("ffn_norm"), d)?;
             b.op(Kernel::RmsNorm, 0, &[&norm_params, step, &ffn_norm, &s.x, &s.h], Grid::Tokens)?;
             b.project(&name("ffn_gate"), d, ff, site("h", "gu", 2 * ff, 0, false))?;
             b.project(&name("ffn_up"), d, ff, site("h", "gu", 2 * ff, ff, false))?;
             let gp =
                 b.uniform(&GluParams { n: ff as u32, stride: (2 * ff) as u32, gate_offset: 0, up_offset: ff as u32 });
-            b.op(Kernel::SwiGlu, 0, &[&gp, step, &s.gu, &s.m], Grid::PerToken((ff as u32).div_ceil(64)))?;
-            b.project(&name("ffn_down"), ff, d, site("m", "x", d, 0, true))?;
+            let glu = match cfg.activation {
+                Activation::Silu => Kernel::SwiGlu,
+                Activation::GeluTanh => Kernel::GeGlu,
+            };
+            b.op(glu, 0, &[&gp, step, &s.gu, &s.m], Grid::PerToken((ff as u32).div_ceil(64)))?;
+            residual(&mut b, "ffn_down", ff, "m", "post_ffw_norm")?;
         }
         let out_norm = b.norm("output_norm.weight", d)?;
         b.op(Kernel::RmsNorm, 0, &[&norm_params, step, &out_norm, &s.x, &s.h], Grid::Tokens)?;
@@ -447,7 +492,7 @@ impl GpuBackend {
         b.weight_bytes += head.bytes;
         b.weights.push(head);
         b.op(Kernel::Sample, 0, &[&s.sample, step, &s.logits, &s.result], Grid::One)?;
-        b.keep.extend([cos, sin, scores]);
+        b.keep.push(scores);
         let Builder { kernels, program, keep, weights, sites, weight_bytes, .. } = b;
         Ok(GpuBackend {
             gpu: gpu.clone(),

@@ -1,4 +1,4 @@
-// out[t, i] = token_embd[ids[t], i], dequantized from the quantized table (quant.wgsl). A table
+// out[t, i] = scale · token_embd[ids[t], i], dequantized from the quantized table (quant.wgsl). A table
 // split across buffers is one dispatch per part: a part writes the ids in [row0, row0 + rows).
 // Ids past the vocabulary read its last row. Dispatch: (ceil(d / 64), tokens, 1).
 
@@ -7,6 +7,7 @@ struct Params {
     vocab: u32,
     row0: u32,
     rows: u32,
+    scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -28,5 +29,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let nb = p.d / 32u;
-    out[t * p.d + i] = dequant((id - p.row0) * nb + i / 32u, i % 32u);
+    out[t * p.d + i] = dequant((id - p.row0) * nb + i / 32u, i % 32u) * p.scale;
 }

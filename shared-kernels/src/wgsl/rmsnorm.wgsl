@@ -1,9 +1,11 @@
-// out[t, i] = x[t, i] / sqrt(mean_i(x[t]²) + eps) · w[i]. One workgroup per token.
+// out[t, i] = x[t, i] / sqrt(mean_i(x[t]²) + eps) · w[i], or out += that when accumulate is 1
+// (a post-norm adding into the residual stream). One workgroup per token.
 // Dispatch: (tokens, 1, 1).
 
 struct Params {
     n: u32,
     eps: f32,
+    accumulate: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -36,6 +38,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     let scale = 1.0 / sqrt(red[0] / f32(p.n) + p.eps);
     for (var i = li; i < p.n; i += 256u) {
-        out[base + i] = x[base + i] * scale * w[i];
+        let v = x[base + i] * scale * w[i];
+        if (p.accumulate == 1u) {
+            out[base + i] += v;
+        } else {
+            out[base + i] = v;
+        }
     }
 }
