@@ -20,6 +20,7 @@ pub mod guard;
 pub mod lora;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+pub mod tiny;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

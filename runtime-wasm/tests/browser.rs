@@ -94,7 +94,7 @@ async fn webgpu_runs_gemma3_like_the_wasm_cpu() {
     use vigil_models::cpu::WeightMode;
     use vigil_models::gguf::GgmlType;
     use vigil_runtime::backend::{cpu::CpuBackend, gpu::GpuBackend, Backend};
-    let g = Gguf::from_bytes("tiny-gemma3.gguf", vigil_models::testing::tiny_gemma3(GgmlType::Q8_0, 3)).unwrap();
+    let g = Gguf::from_bytes("tiny-gemma3.gguf", vigil_models::tiny::tiny_gemma3(GgmlType::Q8_0, 3)).unwrap();
     let gpu = vigil_kernels::Gpu::new().await.expect("a WebGPU adapter");
     let mut gb = GpuBackend::load(std::sync::Arc::new(gpu), &g, 256).expect("the GPU backend loads gemma3");
     let mut cb = CpuBackend::load_mode(&g, 256, WeightMode::Dense(candle_core::DType::F32)).unwrap();

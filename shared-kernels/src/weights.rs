@@ -3,9 +3,11 @@
 //! GGUF blocks are not 4-byte aligned (Q8_0 is 34 bytes), so at load they are repacked into two
 //! aligned streams (see `wgsl/quant.wgsl`): `qs` with the quantized values as u32 words, `scales`
 //! with the f16 scale (and Q4_1 min) — the same bytes per block as GGUF, nothing dequantized.
-//! Types without a kernel are dequantized to f32 at load. A tensor larger than one storage binding
+//! Q5_0 blocks (5-bit integers times an f16 scale) become Q8_0 blocks holding the same values
+//! exactly. Other types without a kernel are dequantized to f32 at load. A tensor larger than one storage binding
 //! is split by rows into parts, each dispatched with its row offset.
 
+use vigil_models::cpu::qmatmul::q5_0_values;
 use vigil_models::gguf::{codec, GgmlType};
 
 use crate::context::{Gpu, GpuError, Result};
@@ -20,7 +22,7 @@ pub struct QPart {
 
 /// A weight matrix W [n, k] (n rows of k values), possibly split into parts.
 pub struct QWeight {
-    /// ggml id of the stored type: 0 (F32), 2 (Q4_0), 3 (Q4_1) or 8 (Q8_0).
+    /// ggml id of the stored type: 0 (F32), 2 (Q4_0), 3 (Q4_1) or 8 (Q8_0; Q5_0 is stored as Q8_0).
     pub qtype: u32,
     pub n: usize,
     pub k: usize,
@@ -52,6 +54,14 @@ fn repack_rows(ty: GgmlType, data: &[u8], rows: usize, k: usize) -> Result<(u32,
                 qs.extend(b[2..2 + 4 * words].chunks_exact(4).map(|w| u32::from_le_bytes(w.try_into().unwrap())));
             }
             Ok((ty.id(), qs, sc))
+        }
+        GgmlType::Q5_0 => {
+            let mut q8 = Vec::with_capacity(nb * 34);
+            for b in data.chunks_exact(22) {
+                q8.extend_from_slice(&b[0..2]);
+                q8.extend(q5_0_values(b).map(|v| v as u8));
+            }
+            repack_rows(GgmlType::Q8_0, &q8, rows, k)
         }
         other => {
             let mut vals = vec![0f32; rows * k];
@@ -88,6 +98,7 @@ impl QWeight {
         // bytes per row once repacked: f32 for types without a kernel
         let packed_row = match ty {
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => row_bytes,
+            GgmlType::Q5_0 => k / 32 * 34,
             _ => k * 4,
         } as u64;
         let rows_per_part = ((limit / packed_row.max(1)) as usize).clamp(1, n);

@@ -103,6 +103,8 @@ fn quantized_matmuls_match_the_cpu() {
         (GgmlType::Q4_0, Kernel::MatVec, 17, 64, 2, None),
         (GgmlType::Q8_0, Kernel::MatVec, 129, 64, 1, Some(40 * 68)),
         (GgmlType::F16, Kernel::MatVec, 9, 32, 1, None),
+        (GgmlType::Q5_0, Kernel::MatVec, 45, 96, 2, Some(20 * 102)),
+        (GgmlType::Q5_0, Kernel::MatMul, 40, 64, 36, None),
         (GgmlType::Q4_1, Kernel::MatMul, 37, 96, 33, None),
         (GgmlType::Q4_0, Kernel::MatMul, 70, 64, 5, None),
         (GgmlType::Q8_0, Kernel::MatMul, 100, 128, 70, Some(33 * 136)),
@@ -111,6 +113,9 @@ fn quantized_matmuls_match_the_cpu() {
         let (deq, w) = weight(&gpu, ty, n, k, n as u64 + k as u64, limit);
         if limit.is_some() {
             assert!(w.parts.len() > 1, "{ty}: the limit should split the weight");
+        }
+        if ty == GgmlType::Q5_0 {
+            assert_eq!(w.qtype, 8, "Q5_0 runs on the Q8_0 kernels, not dequantized to f32");
         }
         let x = randv(&mut rng(7), t * k, 1.0);
         let want = matmul_ref(&deq, n, k, &x, t);
@@ -283,7 +288,10 @@ fn head_norm_normalizes_each_head_in_place() {
         ..Default::default()
     };
     let p = gpu.uniform("p", &p);
-    run.go(&[run.kernels.dispatch(&gpu, Kernel::HeadNorm, 0, &[&p, &step, &wb, &xb], [t as u32, heads as u32, 1]).unwrap()]);
+    run.go(&[run
+        .kernels
+        .dispatch(&gpu, Kernel::HeadNorm, 0, &[&p, &step, &wb, &xb], [t as u32, heads as u32, 1])
+        .unwrap()]);
     // values outside the heads stay as they were
     assert_close("head norm", &run.read(&xb, t * stride), &want, 1e-5);
 }

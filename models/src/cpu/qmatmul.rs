@@ -21,7 +21,7 @@ pub fn supported(ty: GgmlType) -> bool {
 
 /// The 32 values of a Q5_0 block (f16 d, 32 high bits, 16 bytes of nibbles), each minus 16.
 #[inline(always)]
-fn q5_0_values(wb: &[u8]) -> [i8; 32] {
+pub fn q5_0_values(wb: &[u8]) -> [i8; 32] {
     let qh = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]);
     let mut q = [0i8; 32];
     for j in 0..16 {
