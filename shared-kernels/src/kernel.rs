@@ -219,7 +219,7 @@ impl Kernels {
     pub fn pipeline(&self, gpu: &Gpu, kernel: Kernel, qtype: u32) -> Result<wgpu::ComputePipeline> {
         let qtype = if kernel.quantized() || kernel.uses_kv() { qtype } else { 0 };
         let supported = if kernel.quantized() {
-            matches!(qtype, 0 | 2 | 3 | 8)
+            matches!(qtype, 0 | 2 | 3 | 8 | 12 | 14)
         } else if kernel.uses_kv() {
             qtype == 0 || (qtype == 1 && gpu.f16)
         } else {

@@ -71,8 +71,10 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 
 /// W [n, k] in `ty`, the dequantized reference, and the uploaded weight.
 fn weight(gpu: &Gpu, ty: GgmlType, n: usize, k: usize, seed: u64, limit: Option<u64>) -> (Vec<f32>, QWeight) {
-    let vals = randv(&mut rng(seed), n * k, 1.0);
-    let bytes = codec::quantize(ty, &vals).unwrap();
+    let bytes = match ty {
+        GgmlType::Q4_K | GgmlType::Q6_K => kquant_bytes(ty, n * k, seed),
+        _ => codec::quantize(ty, &randv(&mut rng(seed), n * k, 1.0)).unwrap(),
+    };
     let mut deq = vec![0f32; n * k];
     codec::dequantize(ty, &bytes, &mut deq).unwrap();
     let w = match limit {
@@ -93,6 +95,23 @@ fn matmul_ref(w: &[f32], n: usize, k: usize, x: &[f32], t: usize) -> Vec<f32> {
 }
 
 /// matvec and matmul, all weight types, odd shapes, accumulation, row offsets, split weights.
+/// Random K-quant blocks (vigil quantizes to neither): random quants, scales and mins, with
+/// finite f16 super-block scales.
+fn kquant_bytes(ty: GgmlType, values: usize, seed: u64) -> Vec<u8> {
+    let mut r = rng(seed);
+    let (size, scale_at): (usize, &[usize]) = if ty == GgmlType::Q4_K { (144, &[0, 2]) } else { (210, &[208]) };
+    let mut out = Vec::new();
+    for _ in 0..values / 256 {
+        let mut b: Vec<u8> = (0..size).map(|_| r.random()).collect();
+        for &at in scale_at {
+            let d = half::f16::from_f32(r.random_range(0.001..0.02));
+            b[at..at + 2].copy_from_slice(&d.to_le_bytes());
+        }
+        out.extend(b);
+    }
+    out
+}
+
 #[test]
 fn quantized_matmuls_match_the_cpu() {
     let Some(gpu) = gpu_for_test() else { return };
@@ -105,6 +124,11 @@ fn quantized_matmuls_match_the_cpu() {
         (GgmlType::F16, Kernel::MatVec, 9, 32, 1, None),
         (GgmlType::Q5_0, Kernel::MatVec, 45, 96, 2, Some(20 * 102)),
         (GgmlType::Q5_0, Kernel::MatMul, 40, 64, 36, None),
+        (GgmlType::Q4_K, Kernel::MatVec, 19, 512, 2, Some(8 * 384)),
+        (GgmlType::Q4_K, Kernel::MatMul, 40, 256, 33, None),
+        (GgmlType::Q6_K, Kernel::MatVec, 21, 512, 3, Some(8 * 640)),
+        (GgmlType::Q6_K, Kernel::MatMul, 35, 256, 40, None),
+        (GgmlType::Q6_K, Kernel::MatVecRows, 21, 256, 2, None),
         (GgmlType::Q4_1, Kernel::MatMul, 37, 96, 33, None),
         (GgmlType::Q4_0, Kernel::MatMul, 70, 64, 5, None),
         (GgmlType::Q8_0, Kernel::MatMul, 100, 128, 70, Some(33 * 136)),
@@ -114,8 +138,14 @@ fn quantized_matmuls_match_the_cpu() {
         if limit.is_some() {
             assert!(w.parts.len() > 1, "{ty}: the limit should split the weight");
         }
-        if ty == GgmlType::Q5_0 {
-            assert_eq!(w.qtype, 8, "Q5_0 runs on the Q8_0 kernels, not dequantized to f32");
+        let stored = match ty {
+            GgmlType::Q5_0 => Some(8),
+            GgmlType::Q4_K => Some(12),
+            GgmlType::Q6_K => Some(14),
+            _ => None,
+        };
+        if let Some(id) = stored {
+            assert_eq!(w.qtype, id, "{ty} runs on its own kernels, not dequantized to f32");
         }
         let x = randv(&mut rng(7), t * k, 1.0);
         let want = matmul_ref(&deq, n, k, &x, t);
@@ -136,10 +166,7 @@ fn quantized_matmuls_match_the_cpu() {
                 ..Default::default()
             };
             let pb = gpu.uniform("p", &p);
-            let wg = match kernel {
-                Kernel::MatVec => [(part.rows as u32).div_ceil(8), t as u32, 1],
-                _ => [(part.rows as u32).div_ceil(32), (t as u32).div_ceil(32), 1],
-            };
+            let wg = vigil_kernels::MatKernels::grid(kernel, part.rows as u32, t as u32);
             ds.push(
                 run.kernels
                     .dispatch(&gpu, kernel, w.qtype, &[&pb, &step, &part.qs, &part.scales, &xb, &yb], wg)

@@ -110,5 +110,6 @@ fn gemma3_greedy_tokens_equal_llama_cpps() {
     drop(m);
     let Some(gpu) = gpu_for_test() else { return };
     let mut gb = GpuBackend::load(Arc::new(gpu), &g, 256).unwrap();
+    eprintln!("wgsl: {:.1} MB of weights read per token", gb.weight_bytes() as f64 / 1e6);
     check("wgsl", &prompts, &reference, |p| greedy_gpu(&mut gb, p, N));
 }

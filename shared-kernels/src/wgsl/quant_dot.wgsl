@@ -22,6 +22,24 @@ fn block_dot(b: u32, x_off: u32) -> f32 {
         }
         return dm.x * acc;
     }
+    if (QTYPE == 14u) {
+        // Q6_K: signed bytes as Q8_0, each half of the block with its own scale
+        var acc = vec2<f32>(0.0, 0.0);
+        for (var w = 0u; w < 8u; w++) {
+            let q = qs[b * 8u + w];
+            var part = 0.0;
+            for (var i = 0u; i < 4u; i++) {
+                let v = f32(bitcast<i32>(q << (24u - 8u * i)) >> 24u);
+                part += v * x[x_off + w * 4u + i];
+            }
+            if (w < 4u) {
+                acc.x += part;
+            } else {
+                acc.y += part;
+            }
+        }
+        return dm.x * acc.x + dm.y * acc.y;
+    }
     var acc = 0.0;
     var sum_x = 0.0;
     for (var w = 0u; w < 4u; w++) {
