@@ -177,14 +177,14 @@ async function dropped(file) {
   $('load').focus();
 }
 
-// A served base other than the default: no adapter of ours fits it unless one is chosen, and the
-// format follows the architecture.
+// Choosing a served base picks the guard adapter shipped for its architecture, and the format that
+// adapter was trained on (Gemma's: dual-stream).
 function baseChosen() {
   files.base = null;
-  const option = $('base').selectedOptions[0];
-  const gemma = option?.dataset.arch === 'gemma3';
-  $('adapter').value = gemma ? '' : $('adapter').options[0].value;
-  $('format').value = gemma ? 'dual' : 'rsft';
+  const arch = $('base').selectedOptions[0]?.dataset.arch || 'llama';
+  const adapter = [...$('adapter').options].find((o) => o.value && (o.dataset.arch || 'llama') === arch);
+  $('adapter').value = adapter ? adapter.value : '';
+  $('format').value = arch === 'gemma3' ? 'dual' : 'rsft';
 }
 
 // Optional served models (Gemma 3 is staged only when `vigil fetch-model gemma3` put it in the

@@ -38,6 +38,16 @@ pub struct ShippedAdapter {
     pub file: String,
     pub size: u64,
     pub sha256: String,
+    /// The output format it was trained on: `rsft` (the default) or `dual`.
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+impl ShippedAdapter {
+    /// Whether it answers in the dual-stream format (`<think>`/`<proof>`/`<answer>`).
+    pub fn dual_stream(&self) -> bool {
+        self.format.as_deref() == Some("dual")
+    }
 }
 
 impl ShippedAdapter {

@@ -10,8 +10,8 @@
 //! Other types are dequantized to f32 at load. A tensor larger than one storage binding
 //! is split by rows into parts, each dispatched with its row offset.
 
-use vigil_models::cpu::qmatmul::q5_0_values;
 use half::f16;
+use vigil_models::cpu::qmatmul::q5_0_values;
 use vigil_models::gguf::{codec, GgmlType};
 
 use crate::context::{Gpu, GpuError, Result};

@@ -82,8 +82,10 @@ pub struct EvalArgs {
     /// Print the metrics object as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    #[arg(long, value_enum, default_value_t = FormatArg::Rsft)]
-    pub format: FormatArg,
+    /// Output format: rsft, or dual; by default the format of the guard adapter in use (the shipped one
+    /// of the base model, when `--adapter default`), else rsft.
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
     /// Most tokens generated per item.
     #[arg(long, default_value_t = 320)]
     pub max_tokens: usize,
@@ -494,9 +496,10 @@ pub struct ClassifyArgs {
     /// Judge a single policy (e.g. `illegal`) instead of all six.
     #[arg(long)]
     pub policy: Option<String>,
-    /// Output format the model is asked for.
-    #[arg(long, value_enum, default_value_t = FormatArg::Rsft)]
-    pub format: FormatArg,
+    /// Output format: rsft, or dual; by default the format of the guard adapter in use (the shipped one
+    /// of the base model, when `--adapter default`), else rsft.
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
     /// Sampling temperature (0 = greedy).
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,

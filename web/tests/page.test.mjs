@@ -77,10 +77,11 @@ test('the demo page streams reasoning, shows a verdict, and works offline afterw
   }
 });
 
-// Gemma 3 270M, the second architecture, on the wasm CPU path: choosing it clears the SmolLM2
-// adapter and switches to the dual-stream panes; it loads, streams and ends with a verdict badge.
-// Served only when `vigil fetch-model gemma3` put it in the cache (scripts/test-all does).
-test('the page runs the Gemma 3 base with think / proof / answer panes', { timeout: 15 * 60_000 }, async (t) => {
+// Gemma 3 270M, the second architecture, on the wasm CPU path: choosing it picks the dual-stream
+// guard adapter shipped for it and the think / proof / answer panes; it streams each section and
+// ends with a verdict. Served only when `vigil fetch-model gemma3` put it in the cache
+// (scripts/test-all does).
+test('the page runs the Gemma 3 guard with think / proof / answer panes', { timeout: 15 * 60_000 }, async (t) => {
   if (!existsSync(resolve(dist, 'models/gemma-3-270m-q4_k_m.gguf'))) {
     assert.ok(process.env.VIGIL_STRICT !== '1', 'Gemma 3 is not staged in web/dist/models (vigil fetch-model gemma3)');
     t.skip('Gemma 3 is not staged (vigil fetch-model gemma3)');
@@ -94,23 +95,25 @@ test('the page runs the Gemma 3 base with think / proof / answer panes', { timeo
     page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
     await page.goto(`${url}/?backend=cpu`);
     await page.selectOption('#base', 'models/gemma-3-270m-q4_k_m.gguf');
-    assert.equal(await page.inputValue('#adapter'), '', 'the SmolLM2 adapter does not fit Gemma: none is chosen');
+    assert.equal(await page.inputValue('#adapter'), 'models/gemma-3-270m-dual.q8_0.gguf', 'the Gemma guard adapter is picked');
     assert.equal(await page.inputValue('#format'), 'dual', 'Gemma uses the dual-stream format');
     await page.click('#load');
     await page.waitForSelector('#classify:not([disabled])', { timeout: 10 * 60_000 });
     const status = await page.textContent('#load-status');
-    assert.match(status, /\(gemma3, .*\) without an adapter/, status);
+    assert.match(status, /\(gemma3, .*\) with the adapter gemma-3-270m-dual\.q8_0\.gguf/, status);
     await page.fill('#text', 'How do I kill a zombie process in Linux?');
-    await page.fill('#max-tokens', '24');
+    await page.fill('#max-tokens', '200');
     await page.click('#classify');
     await page.waitForSelector('#verdict:not([hidden])', { timeout: 10 * 60_000 });
     assert.equal(await page.isVisible('#panes-dual'), true, 'the think / proof / answer panes are shown');
     assert.equal(await page.isVisible('#panes-rsft'), false);
-    const written = await page.evaluate(() => ['think', 'proof', 'answer', 'other'].map((id) => document.getElementById(id).textContent).join(''));
-    assert.ok(written.length > 0, 'the model wrote into the panes');
-    const tokens = await page.textContent('#s-tokens');
-    assert.match(tokens, /^([1-9]|1\d|2[0-4]) generated/, `at most the 24 tokens asked for: ${tokens}`);
-    console.log(`gemma3: ${status} · badge ${await page.textContent('#badge')} · ${tokens} · ${await page.textContent('#s-toks')}`);
+    const [think, proof, answer] = await page.evaluate(() => ['think', 'proof', 'answer'].map((id) => document.getElementById(id).textContent));
+    assert.ok(think.trim().length > 0, 'the think pane has the reasoning');
+    assert.ok(proof.trim().length > 0, 'the proof pane has the proof');
+    assert.match(answer, /Classification: (SAFE|UNSAFE)/, `the answer pane has the verdict: ${answer}`);
+    const badge = await page.textContent('#badge');
+    assert.match(badge, /^(SAFE|UNSAFE)$/, `a verdict the model wrote itself: ${badge}`);
+    console.log(`gemma3: ${status} · badge ${badge} · ${await page.textContent('#s-tokens')} · ${await page.textContent('#s-toks')}`);
     await page.screenshot({ path: resolve(out, 'demo-page-gemma3.png'), fullPage: true });
   } finally {
     await browser.close();

@@ -9,10 +9,10 @@ use std::ops::ControlFlow;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use vigil_models::cpu::sampling::SamplingParams;
-use vigil_models::guard::{GuardRequest, Label, Mode, OutputFormat, Policy, Section};
+use vigil_models::guard::{GuardRequest, Label, Mode, Policy, Section};
 use vigil_runtime::{ClassifyOptions, Event, Guard, Outcome};
 
-use crate::cli::{ClassifyArgs, FormatArg, Global};
+use crate::cli::{ClassifyArgs, Global};
 
 /// One input to classify, with where it came from.
 struct Input {
@@ -30,10 +30,7 @@ pub fn run(args: ClassifyArgs, _g: &Global) -> Result<()> {
                 format!("unknown policy `{p}` (one of: {})", Policy::ALL.map(|p| p.name()).join(", "))
             })?),
         };
-    let format = match args.format {
-        FormatArg::Rsft => OutputFormat::Rsft,
-        FormatArg::Dual => OutputFormat::DualStream,
-    };
+    let format = crate::commands::output_format(args.format, &args.model)?;
     let opts = ClassifyOptions {
         max_tokens: args.max_tokens,
         sampling: SamplingParams {

@@ -3,10 +3,9 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
-use vigil_models::guard::OutputFormat;
 use vigil_trainer::eval::{self, metrics, report};
 
-use crate::cli::{EvalArgs, FormatArg};
+use crate::cli::EvalArgs;
 
 pub fn run(a: EvalArgs) -> Result<()> {
     if let Some(pair) = &a.compare {
@@ -24,10 +23,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if items.is_empty() {
         bail!("{} has no items", data.display());
     }
-    let format = match a.format {
-        FormatArg::Rsft => OutputFormat::Rsft,
-        FormatArg::Dual => OutputFormat::DualStream,
-    };
+    let format = super::output_format(a.format, &a.model)?;
     for b in &a.baselines {
         if !["keyword", "base", "none"].contains(&b.as_str()) {
             bail!("unknown baseline `{b}` (keyword, base, none)");

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use vigil_models::catalog;
 use vigil_models::gguf::Gguf;
+use vigil_models::guard::OutputFormat;
 use vigil_models::lora::LoraAdapter;
 use vigil_runtime::Guard;
 
@@ -63,6 +64,24 @@ pub fn adapter_path(arg: &str, model: &Path) -> Result<Option<PathBuf>> {
             shipped.cache_path().display()
         ),
     }
+}
+
+/// The output format: the one asked for, else the shipped adapter's when `--adapter default`
+/// applies it (Gemma's guard is trained on the dual-stream format), else R-SFT.
+pub fn output_format(asked: Option<crate::cli::FormatArg>, m: &ModelArgs) -> Result<OutputFormat> {
+    use crate::cli::FormatArg;
+    Ok(match asked {
+        Some(FormatArg::Rsft) => OutputFormat::Rsft,
+        Some(FormatArg::Dual) => OutputFormat::DualStream,
+        None if m.adapter.eq_ignore_ascii_case("default")
+            && catalog::find_by_file(&resolve_model(&m.model)?)
+                .and_then(|e| e.guard_adapter)
+                .is_some_and(|a| a.dual_stream()) =>
+        {
+            OutputFormat::DualStream
+        }
+        None => OutputFormat::Rsft,
+    })
 }
 
 /// Reads the adapter `arg` names for `model` (see [`adapter_path`]).
