@@ -50,20 +50,20 @@ fn tiny_model(arch: crate::arch::Arch, ty: crate::gguf::GgmlType, seed: u64) -> 
     w.set("general.architecture", Value::string(a));
     w.set("general.type", Value::string("model"));
     w.set("general.name", Value::string(format!("vigil tiny {a}")));
-    w.set(&key("block_count"), Value::U32(n_layer as u32));
-    w.set(&key("context_length"), Value::U32(4096));
-    w.set(&key("embedding_length"), Value::U32(d as u32));
-    w.set(&key("feed_forward_length"), Value::U32(ff as u32));
-    w.set(&key("attention.head_count"), Value::U32(heads as u32));
-    w.set(&key("attention.head_count_kv"), Value::U32(kv as u32));
-    w.set(&key("rope.freq_base"), Value::F32(if gemma { 1e6 } else { 10_000.0 }));
-    w.set(&key("attention.layer_norm_rms_epsilon"), Value::F32(if gemma { 1e-6 } else { 1e-5 }));
-    w.set(&key("vocab_size"), Value::U32(vocab as u32));
-    w.set(&key("rope.dimension_count"), Value::U32(hd as u32));
+    w.set(key("block_count"), Value::U32(n_layer as u32));
+    w.set(key("context_length"), Value::U32(4096));
+    w.set(key("embedding_length"), Value::U32(d as u32));
+    w.set(key("feed_forward_length"), Value::U32(ff as u32));
+    w.set(key("attention.head_count"), Value::U32(heads as u32));
+    w.set(key("attention.head_count_kv"), Value::U32(kv as u32));
+    w.set(key("rope.freq_base"), Value::F32(if gemma { 1e6 } else { 10_000.0 }));
+    w.set(key("attention.layer_norm_rms_epsilon"), Value::F32(if gemma { 1e-6 } else { 1e-5 }));
+    w.set(key("vocab_size"), Value::U32(vocab as u32));
+    w.set(key("rope.dimension_count"), Value::U32(hd as u32));
     if gemma {
-        w.set(&key("attention.key_length"), Value::U32(hd as u32));
-        w.set(&key("attention.value_length"), Value::U32(hd as u32));
-        w.set(&key("attention.sliding_window"), Value::U32(8));
+        w.set(key("attention.key_length"), Value::U32(hd as u32));
+        w.set(key("attention.value_length"), Value::U32(hd as u32));
+        w.set(key("attention.sliding_window"), Value::U32(8));
     }
     w.set("tokenizer.ggml.model", Value::string("gpt2"));
     w.set("tokenizer.ggml.pre", Value::string("gpt-2"));

@@ -42,6 +42,18 @@ fn greedy_n(b: &mut dyn Backend, prompt: &[u32], n: usize) -> Vec<u32> {
     out
 }
 
+/// Greedy tokens up to and including the first of `stop`, at most `n`.
+fn greedy_to_stop(b: &mut dyn Backend, prompt: &[u32], n: usize, stop: &[u32]) -> Vec<u32> {
+    let mut s = vigil_models::cpu::Sampler::new(vigil_models::cpu::SamplingParams::greedy());
+    b.truncate(0);
+    let mut out = vec![b.forward_sample(prompt, &mut s).unwrap()];
+    while out.len() < n && !stop.contains(out.last().unwrap()) {
+        let t = b.forward_sample(&[*out.last().unwrap()], &mut s).unwrap();
+        out.push(t);
+    }
+    out
+}
+
 /// Agreement of vigil's tokens with llama.cpp's: identical, or diverging first at a near-tie.
 fn agrees(ours: &[u32], theirs: &Run) -> Result<bool, String> {
     match ours.iter().zip(&theirs.ids).position(|(a, b)| a != b) {
@@ -180,8 +192,10 @@ fn shipped_adapter_verdicts(name: &str, format: vigil_models::guard::OutputForma
     };
     let mut identical = 0;
     for ((text, p), r) in texts.iter().zip(&prompts).zip(&reference) {
-        let ours = greedy_n(&mut cpu, p, answer_len);
-        match ours.iter().zip(&r.ids).position(|(a, b)| a != b) {
+        // the answer runs to the end of turn; what a model emits past it is never used
+        let ours = greedy_to_stop(&mut cpu, p, answer_len, &stop);
+        let end = r.ids.iter().position(|t| stop.contains(t)).map_or(r.ids.len(), |e| e + 1);
+        match ours.iter().zip(&r.ids[..end]).position(|(a, b)| a != b) {
             None => identical += 1,
             // a near-tie flip changes the wording after it; the verdict must still agree
             Some(i) if r.margins[i] < near_tie => eprintln!("{text}: a near-tie flip at step {i}"),
