@@ -30,7 +30,6 @@ pub fn run(args: ClassifyArgs, _g: &Global) -> Result<()> {
                 format!("unknown policy `{p}` (one of: {})", Policy::ALL.map(|p| p.name()).join(", "))
             })?),
         };
-    let format = crate::commands::output_format(args.format, &args.model)?;
     let opts = ClassifyOptions {
         max_tokens: args.max_tokens,
         sampling: SamplingParams {
@@ -43,6 +42,7 @@ pub fn run(args: ClassifyArgs, _g: &Global) -> Result<()> {
         force_verdict: !args.no_force_verdict,
     };
     let inputs = read_inputs(&args)?;
+    let format = crate::commands::output_format(args.format, &args.model);
     let mut guard = crate::commands::load_guard(&args.model)?;
     if !args.json {
         eprintln!(

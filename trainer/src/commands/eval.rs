@@ -23,7 +23,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if items.is_empty() {
         bail!("{} has no items", data.display());
     }
-    let format = super::output_format(a.format, &a.model)?;
+    let format = super::output_format(a.format, &a.model);
     for b in &a.baselines {
         if !["keyword", "base", "none"].contains(&b.as_str()) {
             bail!("unknown baseline `{b}` (keyword, base, none)");

@@ -67,21 +67,24 @@ pub fn adapter_path(arg: &str, model: &Path) -> Result<Option<PathBuf>> {
 }
 
 /// The output format: the one asked for, else the shipped adapter's when `--adapter default`
-/// applies it (Gemma's guard is trained on the dual-stream format), else R-SFT.
-pub fn output_format(asked: Option<crate::cli::FormatArg>, m: &ModelArgs) -> Result<OutputFormat> {
+/// applies it (Gemma's guard is trained on the dual-stream format), else R-SFT. A model that does
+/// not resolve is left to the loader to report.
+pub fn output_format(asked: Option<crate::cli::FormatArg>, m: &ModelArgs) -> OutputFormat {
     use crate::cli::FormatArg;
-    Ok(match asked {
+    match asked {
         Some(FormatArg::Rsft) => OutputFormat::Rsft,
         Some(FormatArg::Dual) => OutputFormat::DualStream,
         None if m.adapter.eq_ignore_ascii_case("default")
-            && catalog::find_by_file(&resolve_model(&m.model)?)
+            && resolve_model(&m.model)
+                .ok()
+                .and_then(|p| catalog::find_by_file(&p))
                 .and_then(|e| e.guard_adapter)
                 .is_some_and(|a| a.dual_stream()) =>
         {
             OutputFormat::DualStream
         }
         None => OutputFormat::Rsft,
-    })
+    }
 }
 
 /// Reads the adapter `arg` names for `model` (see [`adapter_path`]).
