@@ -256,6 +256,46 @@ fn gradients_flow_through_the_quantized_custom_ops() {
     }
 }
 
+/// With bf16 base weights (AMX tiles where the CPU has them) the gradient reaches every LoRA tensor
+/// and follows the dense f32 one: only bf16 rounding of the frozen weights and of the products'
+/// inputs separates them (relative steps of 2⁻⁹, so the logits agree to about a percent).
+#[test]
+fn gradients_flow_through_the_bf16_products() {
+    let probe = testing::randn(&[TOKENS.len(), 259], 1.0, 5);
+    let run = |mode: WeightMode| -> (Tensor, HashMap<String, Vec<f32>>) {
+        let (_, mut m) = model(GgmlType::F32, mode);
+        let (branches, vars) = lora_vars(&m, DType::F32, 9);
+        m.set_lora_branches(branches).unwrap();
+        let g = loss(&m, &probe).backward().unwrap();
+        let grads = vars
+            .iter()
+            .flat_map(|(n, a, b)| [(format!("{n}.A"), a), (format!("{n}.B"), b)])
+            .map(|(k, v)| {
+                let gv = g.get(v).unwrap_or_else(|| panic!("{k}: no gradient"));
+                (k, gv.flatten_all().unwrap().to_vec1().unwrap())
+            })
+            .collect();
+        (m.forward(&TOKENS, None, Logits::All).unwrap(), grads)
+    };
+    let ((lb, b), (ld, d)) = (run(WeightMode::Bf16), run(WeightMode::Dense(DType::F32)));
+    let scale = ld.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = max_diff(&lb, &ld);
+    eprintln!("AMX: {}; logits differ by {diff} of {scale}", vigil_models::cpu::bf16::amx_available());
+    assert!(diff < 0.03 * scale as f64, "bf16 logits differ by {diff} (largest logit {scale})");
+    let cosine = |x: &[f32], y: &[f32]| {
+        let dot: f64 = x.iter().zip(y).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let n = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        dot / (n(x) * n(y))
+    };
+    let mut worst = 1f64;
+    for (k, gb) in &b {
+        assert!(gb.iter().any(|g| *g != 0.0), "{k}: zero gradient with bf16 weights");
+        worst = worst.min(cosine(gb, &d[k]));
+    }
+    eprintln!("worst gradient cosine {worst}");
+    assert!(worst > 0.98, "bf16 and dense gradients disagree (worst cosine {worst})");
+}
+
 /// A file whose tensors sit at odd offsets (`general.alignment` = 1) decodes exactly like the
 /// aligned file, through candle's quantized kernels too (F16 weights), without undefined behaviour.
 #[test]

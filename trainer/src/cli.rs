@@ -548,9 +548,10 @@ pub struct BenchArgs {
     pub rank: usize,
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
-    /// Training benchmark: keep the base weights quantized (QLoRA) instead of dequantized f32.
-    #[arg(long)]
-    pub quantized: bool,
+    /// Training benchmark: how the frozen base weights are held — dequantized `f32` (the anchor's
+    /// arithmetic), `bf16` (AMX tiles where the CPU has them) or `quantized` (QLoRA).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "quantized"])]
+    pub base_weights: String,
     /// Memory bandwidth in GB/s, to print the bandwidth bound of decoding next to the speed.
     #[arg(long)]
     pub bandwidth_gbs: Option<f64>,

@@ -110,6 +110,52 @@ impl CustomOp1 for FrozenMatMul {
     }
 }
 
+/// A frozen weight W [n, k] in bf16, packed for the forward product and for the input gradient.
+pub struct Bf16Weight {
+    fwd: super::bf16::PackedBf16,
+    bwd: super::bf16::PackedBf16,
+}
+
+impl Bf16Weight {
+    pub fn new(w: &[f32], n: usize, k: usize) -> Self {
+        Bf16Weight { fwd: super::bf16::PackedBf16::new(w, n, k), bwd: super::bf16::PackedBf16::transposed(w, n, k) }
+    }
+
+    /// W [n, k] as a dense f32 tensor of its bf16 values.
+    pub fn dense(&self, dev: &candle_core::Device) -> Result<Tensor> {
+        Tensor::from_vec(self.fwd.to_f32(), (self.fwd.n, self.fwd.k), dev)
+    }
+}
+
+/// x [.., k] · Wᵀ (or, `transposed`, x [.., n] · W) with x rounded to bf16 and f32 sums, on AMX
+/// tiles where present. Backward: the gradient of the input only, through the other packing.
+pub struct Bf16MatMul {
+    pub w: std::sync::Arc<Bf16Weight>,
+    pub transposed: bool,
+}
+
+impl CustomOp1 for Bf16MatMul {
+    fn name(&self) -> &'static str {
+        "bf16-matmul"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let p = if self.transposed { &self.w.bwd } else { &self.w.fwd };
+        let dims = l.dims();
+        if dims.last() != Some(&p.k) {
+            candle_core::bail!("{}: input {:?} does not end in {}", self.name(), dims, p.k);
+        }
+        let x = f32_input(s, l, self.name())?;
+        let y = p.matmul(&x, x.len() / p.k);
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().unwrap() = p.n;
+        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
+    }
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let op = Bf16MatMul { w: self.w.clone(), transposed: !self.transposed };
+        Ok(Some(grad.contiguous()?.apply_op1(op)?))
+    }
+}
+
 /// RMSNorm y = x / sqrt(mean(x²) + eps) · w over the last dim, as ggml computes it (squares summed
 /// in f64 in order, scale applied, then the weight). The weight is frozen; backward gives dX.
 pub struct RmsNorm {
@@ -242,32 +288,70 @@ impl CustomOp2 for GeGlu {
 }
 
 /// Softmax over the last dimension (max-subtracted). Backward: dx = y·(g − Σ g·y).
-pub struct SoftmaxLast;
+pub struct SoftmaxLast {
+    /// [`exp_fast`] instead of [`exp_portable`]: for training passes, where results need not be
+    /// identical across platforms.
+    pub fast: bool,
+}
 
 impl CustomOp1 for SoftmaxLast {
     fn name(&self) -> &'static str {
         "softmax-last"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let n = *l.dims().last().unwrap_or(&1);
+        let n = (*l.dims().last().unwrap_or(&1)).max(1);
         let x = f32_input(s, l, self.name())?;
         let mut y = vec![0f32; x.len()];
-        for (xr, yr) in x.chunks_exact(n.max(1)).zip(y.chunks_exact_mut(n.max(1))) {
-            // as ggml: exponentials summed in f64, then scaled by the reciprocal
+        // as ggml: exponentials summed in f64, then scaled by the reciprocal
+        fn row(xr: &[f32], yr: &mut [f32], exp: impl Fn(f32) -> f32) {
             let m = xr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let mut sum = 0f64;
             for (o, &v) in yr.iter_mut().zip(xr) {
-                *o = exp_portable(v - m);
-                sum += *o as f64;
+                *o = exp(v - m);
             }
-            let inv = (1.0 / sum) as f32;
+            let inv = (1.0 / yr.iter().map(|&e| e as f64).sum::<f64>()) as f32;
             yr.iter_mut().for_each(|o| *o *= inv);
         }
+        par_rows(&mut y, n, &|r, yr| {
+            let xr = &x[r * n..(r + 1) * n];
+            if self.fast {
+                row(xr, yr, exp_fast)
+            } else {
+                row(xr, yr, exp_portable)
+            }
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        if y.dtype() == DType::F32 {
+            return Ok(Some(y.apply_op2(&g.contiguous()?, SoftmaxGrad)?));
+        }
         let dot = (g * y)?.sum_keepdim(D::Minus1)?;
         Ok(Some((y * g.broadcast_sub(&dot)?)?))
+    }
+}
+
+/// The softmax input gradient y ⊙ (g − Σ g·y) per row, from the output y and its gradient g.
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "softmax-grad"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("softmax-grad: {:?} and {:?} differ", l1.dims(), l2.dims());
+        }
+        let n = (*l1.dims().last().unwrap_or(&1)).max(1);
+        let (y, g) = (f32_input(s1, l1, self.name())?, f32_input(s2, l2, self.name())?);
+        let mut d = vec![0f32; y.len()];
+        par_rows(&mut d, n, &|r, dr| {
+            let (yr, gr) = (&y[r * n..(r + 1) * n], &g[r * n..(r + 1) * n]);
+            let dot = dot_lanes(yr, gr);
+            for ((o, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
+                *o = yv * (gv - dot);
+            }
+        });
+        Ok((CpuStorage::F32(d), l1.shape().clone()))
     }
 }
 
@@ -328,6 +412,32 @@ pub fn is_f32(x: &Tensor) -> bool {
 #[inline]
 pub fn exp_portable(x: f32) -> f32 {
     (x as f64).exp() as f32
+}
+
+/// e^x in f32 arithmetic that vectorises: x = n·ln2 + r (Cody–Waite, |r| ≤ ln2/2), e^r by its
+/// degree-7 Taylor polynomial, times 2ⁿ built from the exponent bits. Within a few ulp of
+/// [`exp_portable`] for x in [−87, 88]; 0 below (−∞ included: masked attention scores must give
+/// exact zeros, as tiny values there turn into denormal products that crawl through every later
+/// matmul), e^88 above. For training passes only: decoding keeps [`exp_portable`].
+#[inline(always)]
+pub fn exp_fast(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4; // ln 2 with its low bits cleared: n·LN2_HI is exact
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let zero = x < -87.0;
+    let x = x.clamp(-87.0, 88.0);
+    // round to nearest through the 1.5·2²³ trick (no libm call, so the loop vectorises)
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.0 / 5040.0;
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = p * r + c;
+    }
+    let y = p * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if zero {
+        0.0
+    } else {
+        y
+    }
 }
 
 /// Rows of `a` [B, M, D] dotted with rows of `b` [B, L, D] → [B, M, L] (attention scores q·kᵀ).
@@ -436,18 +546,38 @@ impl CustomOp2 for WeightedRows {
 /// One pass over the row with the log-sum-exp in f64, so no [N, V] softmax stays in the graph.
 pub struct CrossEntropy;
 
-fn rows_f64(s: &CpuStorage, l: &Layout, op: &str) -> Result<Vec<f64>> {
-    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("{op}: input must be contiguous") };
-    Ok(match s {
-        CpuStorage::F32(v) => v[a..b].iter().map(|&x| x as f64).collect(),
-        CpuStorage::F64(v) => v[a..b].to_vec(),
-        _ => candle_core::bail!("{op}: expected f32 or f64 logits"),
-    })
-}
-
 fn log_sum_exp(row: &[f64]) -> f64 {
     let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
     row.iter().map(|&v| (v - m).exp()).sum::<f64>().ln() + m
+}
+
+/// log Σ e^x of an f32 row, the exponentials by [`exp_fast`] and summed in f64.
+fn log_sum_exp_f32(row: &[f32]) -> f64 {
+    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut lanes = [0f64; 8];
+    let chunks = row.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (acc, &v) in lanes.iter_mut().zip(c) {
+            *acc += exp_fast(v - m) as f64;
+        }
+    }
+    let sum = lanes.iter().sum::<f64>() + rest.iter().map(|&v| exp_fast(v - m) as f64).sum::<f64>();
+    sum.ln() + m as f64
+}
+
+fn targets_of<'a>(s: &'a CpuStorage, l: &Layout, n: usize, v: usize) -> Result<&'a [u32]> {
+    let (CpuStorage::U32(t), Some((ta, tb))) = (s, l.contiguous_offsets()) else {
+        candle_core::bail!("cross-entropy: targets must be contiguous u32")
+    };
+    let t = &t[ta..tb];
+    if t.len() != n {
+        candle_core::bail!("cross-entropy: {n} rows but {} targets", t.len());
+    }
+    if let Some(id) = t.iter().find(|&&id| id as usize >= v) {
+        candle_core::bail!("cross-entropy: target {id} is outside the vocabulary of {v}");
+    }
+    Ok(t)
 }
 
 impl CustomOp2 for CrossEntropy {
@@ -456,24 +586,24 @@ impl CustomOp2 for CrossEntropy {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, v) = l1.shape().dims2()?;
-        let x = rows_f64(s1, l1, self.name())?;
-        let (CpuStorage::U32(t), Some((ta, tb))) = (s2, l2.contiguous_offsets()) else {
-            candle_core::bail!("cross-entropy: targets must be contiguous u32")
+        let t = targets_of(s2, l2, n, v)?;
+        let Some((a, b)) = l1.contiguous_offsets() else {
+            candle_core::bail!("cross-entropy: logits must be contiguous")
         };
-        let t = &t[ta..tb];
-        if t.len() != n {
-            candle_core::bail!("cross-entropy: {n} rows but {} targets", t.len());
-        }
-        let mut loss = Vec::with_capacity(n);
-        for (row, &id) in x.chunks_exact(v).zip(t) {
-            if id as usize >= v {
-                candle_core::bail!("cross-entropy: target {id} is outside the vocabulary of {v}");
-            }
-            loss.push(log_sum_exp(row) - row[id as usize]);
-        }
         let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(loss.iter().map(|&x| x as f32).collect()),
-            _ => CpuStorage::F64(loss),
+            CpuStorage::F32(x) => {
+                let x = &x[a..b];
+                let mut loss = vec![0f32; n];
+                par_rows(&mut loss, 1, &|i, out| {
+                    let row = &x[i * v..(i + 1) * v];
+                    out[0] = (log_sum_exp_f32(row) - row[t[i] as usize] as f64) as f32;
+                });
+                CpuStorage::F32(loss)
+            }
+            CpuStorage::F64(x) => CpuStorage::F64(
+                x[a..b].chunks_exact(v).zip(t).map(|(row, &id)| log_sum_exp(row) - row[id as usize]).collect(),
+            ),
+            _ => candle_core::bail!("cross-entropy: expected f32 or f64 logits"),
         };
         Ok((out, Shape::from(n)))
     }
@@ -485,8 +615,22 @@ impl CustomOp2 for CrossEntropy {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, v) = logits.dims2()?;
-        let x: Vec<f64> = logits.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
         let t: Vec<u32> = targets.to_vec1()?;
+        if logits.dtype() == DType::F32 {
+            let x: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+            let g: Vec<f32> = g.to_dtype(DType::F32)?.to_vec1()?;
+            let mut d = vec![0f32; n * v];
+            par_rows(&mut d, v, &|i, out| {
+                let row = &x[i * v..(i + 1) * v];
+                let lse = log_sum_exp_f32(row) as f32;
+                for (o, &r) in out.iter_mut().zip(row) {
+                    *o = exp_fast(r - lse) * g[i];
+                }
+                out[t[i] as usize] -= g[i];
+            });
+            return Ok((Some(Tensor::from_vec(d, (n, v), logits.device())?), None));
+        }
+        let x: Vec<f64> = logits.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
         let g: Vec<f64> = g.to_dtype(DType::F64)?.to_vec1()?;
         let mut d = vec![0f64; n * v];
         for (i, (row, out)) in x.chunks_exact(v).zip(d.chunks_exact_mut(v)).enumerate() {
@@ -525,7 +669,9 @@ mod tests {
     #[test]
     fn fused_softmax_swiglu_and_rope_match_composed_ops_and_gradients() {
         use crate::cpu::ops;
-        check(|x| x.apply_op1(SoftmaxLast).unwrap(), |x| ops::softmax_composed(x).unwrap(), &[3, 5, 7]);
+        for fast in [false, true] {
+            check(|x| x.apply_op1(SoftmaxLast { fast }).unwrap(), |x| ops::softmax_composed(x).unwrap(), &[3, 5, 7]);
+        }
         // swiglu: gradient to the gate (x) with a fixed up, then to up with a fixed gate
         let other = crate::testing::randn(&[4, 6], 1.0, 3);
         check(|x| x.apply_op2(&other, SwiGlu).unwrap(), |x| (ops::silu(x).unwrap() * &other).unwrap(), &[4, 6]);
@@ -542,6 +688,40 @@ mod tests {
                 check(|x| x.apply_op1(op()).unwrap(), |x| ops::rope(x, &c, &s, style).unwrap(), &[2, 3, 5, d]);
             }
         }
+    }
+
+    /// The vectorisable exponential stays within 4 ulp of the exact one over its whole range.
+    #[test]
+    fn exp_fast_is_within_a_few_ulp() {
+        let mut worst = 0f64;
+        for i in 0..=1_750_000 {
+            let x = -87.0 + i as f32 * 1e-4;
+            let exact = (x as f64).exp();
+            worst = worst.max(((exp_fast(x) as f64 - exact) / exact).abs());
+        }
+        assert!(worst < 4.0 * f32::EPSILON as f64, "worst relative error {worst:e}");
+        assert_eq!((exp_fast(f32::NEG_INFINITY), exp_fast(-87.5)), (0.0, 0.0));
+        assert!(exp_fast(f32::NAN).is_nan());
+    }
+
+    /// The f32 cross-entropy (fast exponentials, rows in parallel) gives the f64 path's losses and
+    /// logit gradients, with a vocabulary large enough to split rows into lanes and a remainder.
+    #[test]
+    fn f32_cross_entropy_equals_the_f64_one() {
+        let (n, v) = (6, 1003);
+        let logits = crate::testing::randn(&[n, v], 3.0, 11);
+        let targets = Tensor::new(&[0u32, 5, 1002, 77, 500, 5], &Device::Cpu).unwrap();
+        let probe = crate::testing::randn(&[n], 1.0, 12);
+        let run = |dt: DType| {
+            let x = Var::from_tensor(&logits.to_dtype(dt).unwrap()).unwrap();
+            let loss = x.as_tensor().apply_op2(&targets, CrossEntropy).unwrap();
+            let g = (&loss * probe.to_dtype(dt).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+            let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            (f(&loss), f(g.get(&x).unwrap()))
+        };
+        let ((l32, g32), (l64, g64)) = (run(DType::F32), run(DType::F64));
+        assert!(max_abs(&l32, &l64) < 1e-5, "losses differ by {}", max_abs(&l32, &l64));
+        assert!(max_abs(&g32, &g64) < 1e-6, "gradients differ by {}", max_abs(&g32, &g64));
     }
 
     /// GeGLU: the forward is ggml's f16-table GELU (within f16 rounding of the exact one, exact at

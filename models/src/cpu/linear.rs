@@ -15,6 +15,19 @@ pub enum WeightMode {
     Quantized,
     /// Dequantized to a dense tensor of this dtype (reference runs, finite-difference tests).
     Dense(DType),
+    /// Rounded to bf16 and packed for AMX tiles (training: activations stay f32, the frozen
+    /// products run in bf16 with f32 sums; [`super::bf16`]).
+    Bf16,
+}
+
+impl WeightMode {
+    /// The dtype activations (and norms) run in.
+    pub fn activation_dtype(self) -> DType {
+        match self {
+            WeightMode::Dense(dt) => dt,
+            WeightMode::Quantized | WeightMode::Bf16 => DType::F32,
+        }
+    }
 }
 
 pub enum BaseWeight {
@@ -24,6 +37,8 @@ pub enum BaseWeight {
     Quantized(QMatMul),
     /// [out, in]
     Dense(Tensor),
+    /// [out, in] in bf16, packed for x·Wᵀ and for dY·W.
+    Bf16(std::sync::Arc<super::fused::Bf16Weight>),
 }
 
 /// A LoRA branch: A [r, in], B [out, r], scale = α / r, and dropout on its input while training.
@@ -137,6 +152,10 @@ impl Linear {
                 let v = g.tensor_f32(name)?;
                 BaseWeight::Dense(Tensor::from_vec(v, (out_dim, in_dim), dev)?.to_dtype(dt)?)
             }
+            WeightMode::Bf16 => {
+                let v = g.tensor_f32(name)?;
+                BaseWeight::Bf16(std::sync::Arc::new(super::fused::Bf16Weight::new(&v, out_dim, in_dim)))
+            }
         };
         Ok(Linear { name: name.to_string(), in_dim, out_dim, base, lora: None })
     }
@@ -182,6 +201,10 @@ impl Linear {
                 x.contiguous()?.apply_op1(super::fused::FrozenMatMul(w.clone()))?
             }
             BaseWeight::Dense(w) => x.broadcast_matmul(&w.t()?)?,
+            BaseWeight::Bf16(w) if x.dtype() == DType::F32 => {
+                x.contiguous()?.apply_op1(super::fused::Bf16MatMul { w: w.clone(), transposed: false })?
+            }
+            BaseWeight::Bf16(w) => x.broadcast_matmul(&w.dense(x.device())?.to_dtype(x.dtype())?.t()?)?,
         };
         match &self.lora {
             None => Ok(y),

@@ -126,10 +126,7 @@ impl Llama {
             let info = g.require_tensor(name)?;
             check_dims(g, info, &[d as u64])?;
             let w = g.tensor_f32(name)?;
-            let wt = Tensor::from_slice(&w, d, dev)?.to_dtype(match mode {
-                WeightMode::Quantized => DType::F32,
-                WeightMode::Dense(dt) => dt,
-            })?;
+            let wt = Tensor::from_slice(&w, d, dev)?.to_dtype(mode.activation_dtype())?;
             Ok(Norm { w: wt, fused: super::fused::RmsNorm { w, eps: cfg.rms_eps } })
         };
         let norm = |name: &str| norm_of(name, d);
@@ -167,12 +164,8 @@ impl Llama {
         let head_name = if cfg.tied_embeddings { "token_embd.weight" } else { "output.weight" };
         // The output head is always quantized-capable; in dense mode it is dense too.
         let lm_head = Linear::load(g, head_name, d, cfg.vocab_size, mode, dev)?;
-        let dtype = match mode {
-            WeightMode::Quantized => DType::F32,
-            WeightMode::Dense(dt) => dt,
-        };
         Ok(Llama {
-            dtype,
+            dtype: mode.activation_dtype(),
             out_norm: norm("output_norm.weight")?,
             embd: Embedding { g: g.clone(), info: embd_info, dim: d },
             blocks,

@@ -5,8 +5,10 @@
 //! - [`ops`]: decoder ops built from candle's recorded (differentiable) tensor ops;
 //! - [`qmatmul`] and [`fused`]: quantized matmul and RMSNorm with ggml's exact arithmetic, as
 //!   candle custom ops with backward passes;
+//! - [`bf16`]: bf16 products of frozen weights on AMX tiles (training);
 //! - [`cache`]: the KV cache; [`sampling`]: greedy / temperature / top-k / top-p.
 
+pub mod bf16;
 pub mod cache;
 pub mod fused;
 pub mod linear;

@@ -17,10 +17,10 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     x.broadcast_mul(&inv)?.broadcast_mul(w)
 }
 
-/// Softmax over the last dimension.
+/// Softmax over the last dimension. While a gradient flows (training), with [`super::fused::exp_fast`].
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     if x.dtype() == DType::F32 {
-        return x.contiguous()?.apply_op1(super::fused::SoftmaxLast);
+        return x.contiguous()?.apply_op1(super::fused::SoftmaxLast { fast: x.track_op() });
     }
     softmax_composed(x)
 }

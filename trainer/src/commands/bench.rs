@@ -198,7 +198,7 @@ fn train(args: BenchArgs, g: &Global) -> Result<()> {
         batch_size: args.batch,
         grad_accum: 1,
         max_steps: (args.steps + 1) as u64,
-        base_weights: if args.quantized { "quantized" } else { "f32" }.into(),
+        base_weights: args.base_weights.clone(),
         ..TrainConfig::default()
     };
     let dir = std::env::temp_dir().join(format!("vigil-bench-train-{}", std::process::id()));
@@ -220,18 +220,23 @@ fn train(args: BenchArgs, g: &Global) -> Result<()> {
     if args.json {
         println!(
             "{}",
-            json!({"threads": threads, "quantized": args.quantized, "seq": args.seq, "batch": args.batch, "rank": args.rank, "lora_params": params,
+            json!({"threads": threads, "base_weights": args.base_weights, "amx": vigil_models::cpu::bf16::amx_available(), "seq": args.seq, "batch": args.batch, "rank": args.rank, "lora_params": params,
                    "tok_s": tok_s, "peak_rss_gb": peak, "peft_tok_s": PEFT_TOK_S, "peft_peak_gb": PEFT_PEAK_GB,
                    "speed_ratio": tok_s / PEFT_TOK_S, "memory_ratio": peak.map(|p| p / PEFT_PEAK_GB)})
         );
     } else {
         println!(
-            "LoRA r{} on {} layers ({params} parameters), seq {} × batch {}, fp32, base weights {}, {threads} threads, median of {} steps",
+            "LoRA r{} on {} layers ({params} parameters), seq {} × batch {}, base weights {}, {threads} threads, median of {} steps",
             args.rank,
             t.lora.layers.len(),
             args.seq,
             args.batch,
-            if args.quantized { "quantized (QLoRA)" } else { "dequantized f32" },
+            match args.base_weights.as_str() {
+                "quantized" => "quantized (QLoRA)",
+                "bf16" if vigil_models::cpu::bf16::amx_available() => "bf16 on AMX tiles (activations, LoRA and optimizer f32)",
+                "bf16" => "bf16 (no AMX here: f32 products of bf16 values)",
+                _ => "dequantized f32 (all arithmetic fp32, as the anchor)",
+            },
             args.steps.max(1)
         );
         println!("{:<22} {:>12} {:>14}", "", "tokens/s", "peak RSS GB");

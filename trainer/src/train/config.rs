@@ -31,7 +31,8 @@ pub struct TrainConfig {
     pub dropout: f32,
     /// GGUF projection names: attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down.
     pub targets: Vec<String>,
-    /// Base weights: "f32" (dequantized, fastest here), "quantized" (QLoRA: as stored in the GGUF).
+    /// Base weights: "f32" (dequantized), "bf16" (rounded to bf16; fastest on CPUs with AMX tiles),
+    /// "quantized" (QLoRA: as stored in the GGUF).
     pub base_weights: String,
 
     // optimisation
@@ -197,8 +198,8 @@ impl TrainConfig {
         if vigil_models::guard::OutputFormat::from_name(&self.format).is_none() {
             return bad(format!("format `{}` (rsft or dual-stream)", self.format));
         }
-        if !matches!(self.base_weights.as_str(), "f32" | "quantized") {
-            return bad(format!("base_weights `{}` (f32 or quantized)", self.base_weights));
+        if !matches!(self.base_weights.as_str(), "f32" | "bf16" | "quantized") {
+            return bad(format!("base_weights `{}` (f32, bf16 or quantized)", self.base_weights));
         }
         if !super::rho::CONDITIONS.contains(&self.rho_condition.as_str()) {
             return bad(format!("rho_condition `{}` ({})", self.rho_condition, super::rho::CONDITIONS.join(", ")));

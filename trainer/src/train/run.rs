@@ -210,10 +210,10 @@ impl Trainer {
         dir: &Path,
     ) -> Result<Self> {
         cfg.check()?;
-        let mode = if cfg.base_weights == "quantized" {
-            WeightMode::Quantized
-        } else {
-            WeightMode::Dense(candle_core::DType::F32)
+        let mode = match cfg.base_weights.as_str() {
+            "quantized" => WeightMode::Quantized,
+            "bf16" => WeightMode::Bf16,
+            _ => WeightMode::Dense(candle_core::DType::F32),
         };
         let mut model = Llama::load(g, mode, &Device::Cpu)?;
         let lora = LoraParams::init(&model, &cfg.targets, cfg.rank, cfg.alpha, cfg.seed)?;

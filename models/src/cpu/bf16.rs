@@ -1,0 +1,298 @@
+//! bf16 products for frozen base weights while training, on Intel AMX tiles where the CPU has them.
+//!
+//! A frozen weight W [n, k] is rounded to bf16 once and packed in AMX's tile layout: 16 columns
+//! × 32 reduction values per 1 KiB tile, the reduction values in adjacent pairs (what `tdpbf16ps`
+//! reads). A product rounds the activations to bf16 too and accumulates in f32. Training needs two
+//! packings of each weight: W for the forward product x·Wᵀ and Wᵀ for the input gradient dY·W.
+//!
+//! Where AMX is missing (other CPUs, wasm, a kernel that refuses the tile state) the same bf16
+//! values are multiplied in f32 by candle's gemm: the results differ only in summation order.
+
+use crate::gguf::codec::{bf16_bits_to_f32 as from_bf16, f32_to_bf16_bits as to_bf16};
+
+const TILE_ROWS: usize = 16; // pairs of reduction values per tile
+const TILE_COLS: usize = 16; // output columns per tile
+const TILE_K: usize = 32; // reduction values per tile
+const TILE_LEN: usize = TILE_ROWS * TILE_COLS * 2; // u16 values
+/// Outputs are computed in blocks of 32 rows × 32 columns (2 × 2 accumulator tiles).
+const BLOCK: usize = 32;
+
+/// A matrix M [n, k] in bf16, packed so that x [m, k] · Mᵀ runs on AMX tiles; n and k are padded
+/// with zeros to multiples of 32.
+pub struct PackedBf16 {
+    pub n: usize,
+    pub k: usize,
+    n_pad: usize,
+    k_pad: usize,
+    tiles: Vec<u16>,
+}
+
+impl PackedBf16 {
+    /// Packs `m(i, j)` for i < n, j < k.
+    fn pack(n: usize, k: usize, m: impl Fn(usize, usize) -> f32) -> Self {
+        let (n_pad, k_pad) = (n.div_ceil(BLOCK) * BLOCK, k.div_ceil(BLOCK) * BLOCK);
+        let (n_tiles, k_tiles) = (n_pad / TILE_COLS, k_pad / TILE_K);
+        let mut tiles = vec![0u16; n_pad * k_pad];
+        for nb in 0..n_tiles {
+            for kb in 0..k_tiles {
+                let tile = &mut tiles[(nb * k_tiles + kb) * TILE_LEN..][..TILE_LEN];
+                for r in 0..TILE_ROWS {
+                    for c in 0..TILE_COLS {
+                        for e in 0..2 {
+                            let (i, j) = (nb * TILE_COLS + c, kb * TILE_K + 2 * r + e);
+                            if i < n && j < k {
+                                tile[r * TILE_COLS * 2 + c * 2 + e] = to_bf16(m(i, j));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        PackedBf16 { n, k, n_pad, k_pad, tiles }
+    }
+
+    /// W [n, k] (row-major), for x·Wᵀ.
+    pub fn new(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "a {n}×{k} matrix");
+        Self::pack(n, k, |i, j| w[i * k + j])
+    }
+
+    /// Wᵀ of W [n, k] (row-major), for y·W.
+    pub fn transposed(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "a {n}×{k} matrix");
+        Self::pack(k, n, |i, j| w[j * k + i])
+    }
+
+    /// The bf16 value at (i, j), widened.
+    pub fn get(&self, i: usize, j: usize) -> f32 {
+        debug_assert!(i < self.n_pad && j < self.k_pad);
+        let (nb, c, kb, jj) = (i / TILE_COLS, i % TILE_COLS, j / TILE_K, j % TILE_K);
+        let tile = (nb * (self.k_pad / TILE_K) + kb) * TILE_LEN;
+        from_bf16(self.tiles[tile + (jj / 2) * TILE_COLS * 2 + c * 2 + jj % 2])
+    }
+
+    /// The matrix in f32 [n, k] (the portable path, tests).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.n * self.k);
+        for i in 0..self.n {
+            out.extend((0..self.k).map(|j| self.get(i, j)));
+        }
+        out
+    }
+
+    /// x [m, k] · Mᵀ → [m, n], x rounded to bf16, sums in f32.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.k, "x is {m}×{}", self.k);
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        if amx::available() {
+            return amx::matmul(self, x, m);
+        }
+        self.matmul_portable(x, m)
+    }
+
+    /// The same product through candle's f32 gemm on the bf16 values.
+    pub fn matmul_portable(&self, x: &[f32], m: usize) -> Vec<f32> {
+        use candle_core::{Device, Tensor};
+        let xs: Vec<f32> = x.iter().map(|&v| from_bf16(to_bf16(v))).collect();
+        let run = || -> candle_core::Result<Vec<f32>> {
+            let x = Tensor::from_vec(xs, (m, self.k), &Device::Cpu)?;
+            let w = Tensor::from_vec(self.to_f32(), (self.n, self.k), &Device::Cpu)?;
+            x.matmul(&w.t()?)?.flatten_all()?.to_vec1()
+        };
+        run().expect("an f32 matmul of checked shapes")
+    }
+}
+
+/// Whether products run on AMX tiles here.
+pub fn amx_available() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    return amx::available();
+    #[allow(unreachable_code)]
+    false
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx {
+    use std::arch::asm;
+    use std::sync::OnceLock;
+
+    use super::{to_bf16, PackedBf16, BLOCK, TILE_COLS, TILE_K, TILE_LEN};
+
+    /// AMX-BF16 is on the CPU and Linux granted this process the tile state (arch_prctl
+    /// ARCH_REQ_XCOMP_PERM for XTILEDATA, once per process). `VIGIL_NO_AMX=1` turns it off.
+    pub fn available() -> bool {
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            if std::env::var_os("VIGIL_NO_AMX").is_some_and(|v| v != "0") {
+                return false;
+            }
+            // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE (std's detection of them is unstable)
+            let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+            if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 {
+                return false;
+            }
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            // SAFETY: a plain system call with integer arguments.
+            unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+        })
+    }
+
+    /// Palette 1, eight tiles of 16 rows × 64 bytes: 0–3 accumulators, 4–5 activations, 6–7 weights.
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    impl TileConfig {
+        fn new() -> Self {
+            let mut c = [0u8; 64];
+            c[0] = 1;
+            for t in 0..8 {
+                c[16 + 2 * t] = 64; // bytes per row
+                c[48 + t] = 16; // rows
+            }
+            TileConfig(c)
+        }
+    }
+
+    /// Raw output pointer shared by the tasks, each writing its own blocks.
+    struct Out(*mut f32);
+    unsafe impl Sync for Out {}
+
+    pub fn matmul(w: &PackedBf16, x: &[f32], m: usize) -> Vec<f32> {
+        let (k, k_pad, n_pad) = (w.k, w.k_pad, w.n_pad);
+        let m_pad = m.div_ceil(BLOCK) * BLOCK;
+        // activations in bf16, [m_pad, k_pad], zero padded
+        let mut xb = vec![0u16; m_pad * k_pad];
+        for (row, xr) in xb.chunks_exact_mut(k_pad).zip(x.chunks_exact(k)) {
+            for (o, &v) in row.iter_mut().zip(xr) {
+                *o = to_bf16(v);
+            }
+        }
+        let mut y = vec![0f32; m_pad * n_pad];
+        let (m_blocks, n_blocks) = (m_pad / BLOCK, n_pad / BLOCK);
+        // tasks: a 32-row block × up to 8 column blocks (256 columns)
+        let n_groups = n_blocks.div_ceil(8);
+        let out = Out(y.as_mut_ptr());
+        let task = |t: usize| {
+            let (mb, g) = (t / n_groups, t % n_groups);
+            let cols = g * 8..((g + 1) * 8).min(n_blocks);
+            // SAFETY: tiles are configured before use and released after; every load reads inside
+            // xb / w.tiles (rows of k_pad values, whole packed tiles) and every store writes a
+            // 32×32 block of y inside [m_pad, n_pad] that no other task writes.
+            unsafe { block_row(w, &xb, mb, cols, &out) };
+        };
+        super::super::team::global().run(m_blocks * n_groups, &task);
+        if n_pad == w.n {
+            y.truncate(m * w.n);
+            return y;
+        }
+        let mut out = Vec::with_capacity(m * w.n);
+        for row in y.chunks_exact(n_pad).take(m) {
+            out.extend_from_slice(&row[..w.n]);
+        }
+        out
+    }
+
+    #[inline(never)]
+    unsafe fn block_row(w: &PackedBf16, xb: &[u16], mb: usize, cols: std::ops::Range<usize>, out: &Out) {
+        let (k_pad, n_pad) = (w.k_pad, w.n_pad);
+        let k_tiles = k_pad / TILE_K;
+        let x_stride = k_pad * 2; // bytes per activation row
+        let y_stride = n_pad * 4;
+        let cfg = TileConfig::new();
+        asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+        let x0 = xb.as_ptr().add(mb * BLOCK * k_pad);
+        let x1 = x0.add(16 * k_pad);
+        for nb2 in cols {
+            let (nb0, nb1) = (2 * nb2, 2 * nb2 + 1);
+            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+            for kb in 0..k_tiles {
+                let a0 = x0.add(kb * TILE_K);
+                let a1 = x1.add(kb * TILE_K);
+                let b0 = w.tiles.as_ptr().add((nb0 * k_tiles + kb) * TILE_LEN);
+                let b1 = w.tiles.as_ptr().add((nb1 * k_tiles + kb) * TILE_LEN);
+                asm!(
+                    "tileloadd tmm4, [{a0} + {xs}*1]",
+                    "tileloadd tmm5, [{a1} + {xs}*1]",
+                    "tileloadd tmm6, [{b0} + {ws}*1]",
+                    "tileloadd tmm7, [{b1} + {ws}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
+                    xs = in(reg) x_stride, ws = in(reg) 64usize,
+                    options(nostack, readonly),
+                );
+            }
+            let y0 = out.0.add(mb * BLOCK * n_pad + nb0 * TILE_COLS);
+            let y1 = y0.add(16 * n_pad);
+            asm!(
+                "tilestored [{y0} + {ys}*1], tmm0",
+                "tilestored [{y0b} + {ys}*1], tmm1",
+                "tilestored [{y1} + {ys}*1], tmm2",
+                "tilestored [{y1b} + {ys}*1], tmm3",
+                y0 = in(reg) y0, y0b = in(reg) y0.add(TILE_COLS), y1 = in(reg) y1, y1b = in(reg) y1.add(TILE_COLS),
+                ys = in(reg) y_stride,
+                options(nostack),
+            );
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn packing_keeps_every_value_and_its_transpose() {
+        let (n, k) = (40, 70); // neither a multiple of 32
+        let w = lcg(1, n * k);
+        let p = PackedBf16::new(&w, n, k);
+        let t = PackedBf16::transposed(&w, n, k);
+        for i in 0..n {
+            for j in 0..k {
+                let v = from_bf16(to_bf16(w[i * k + j]));
+                assert_eq!(p.get(i, j), v);
+                assert_eq!(t.get(j, i), v);
+            }
+        }
+    }
+
+    /// The AMX kernel (where present) against f64 sums of the same bf16 values, over shapes with
+    /// and without padding, one block and many.
+    #[test]
+    fn products_equal_the_bf16_values_summed_exactly() {
+        for &(m, n, k) in &[(1, 16, 32), (5, 40, 70), (32, 64, 64), (100, 576, 192), (67, 96, 1536)] {
+            let w = lcg(m as u64 * 7 + n as u64, n * k);
+            let x = lcg(k as u64 + 3, m * k);
+            let p = PackedBf16::new(&w, n, k);
+            let y = p.matmul(&x, m);
+            let portable = p.matmul_portable(&x, m);
+            assert_eq!(y.len(), m * n);
+            for i in 0..m {
+                for j in 0..n {
+                    let exact: f64 = (0..k).map(|l| from_bf16(to_bf16(x[i * k + l])) as f64 * p.get(j, l) as f64).sum();
+                    let tol = 1e-5 * (k as f64).sqrt() * 4.0;
+                    assert!(
+                        (y[i * n + j] as f64 - exact).abs() < tol,
+                        "({m},{n},{k}) [{i},{j}]: {} vs {exact}",
+                        y[i * n + j]
+                    );
+                    assert!((portable[i * n + j] as f64 - exact).abs() < tol);
+                }
+            }
+        }
+    }
+}
