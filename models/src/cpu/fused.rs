@@ -198,30 +198,42 @@ impl CustomOp1 for RmsNorm {
     }
 }
 
-/// act(gate) · up, elementwise (the forward of the gated MLP activations).
+/// act(gate) · up, elementwise (the forward of the gated MLP activations), in parallel chunks.
 fn gated_fwd(
     op: &str,
     (s1, l1): (&CpuStorage, &Layout),
     (s2, l2): (&CpuStorage, &Layout),
-    act: impl Fn(f32) -> f32,
+    act: impl Fn(f32) -> f32 + Sync,
 ) -> Result<(CpuStorage, Shape)> {
     if l1.shape() != l2.shape() {
         candle_core::bail!("{op}: gate {:?} and up {:?} differ", l1.dims(), l2.dims());
     }
     let (g, u) = (f32_input(s1, l1, op)?, f32_input(s2, l2, op)?);
-    let y = g.iter().zip(u.iter()).map(|(&g, &u)| act(g) * u).collect();
+    let mut y = vec![0f32; g.len()];
+    par_chunks(&mut y, |start, ys| {
+        for ((o, &g), &u) in ys.iter_mut().zip(&g[start..]).zip(&u[start..]) {
+            *o = act(g) * u;
+        }
+    });
     Ok((CpuStorage::F32(y), l1.shape().clone()))
 }
 
 /// silu(gate) · up, elementwise. Backward: d_gate = g·up·silu'(gate), d_up = g·silu(gate).
-pub struct SwiGlu;
+pub struct SwiGlu {
+    /// [`exp_fast`] instead of [`exp_portable`] (training passes).
+    pub fast: bool,
+}
 
 impl CustomOp2 for SwiGlu {
     fn name(&self) -> &'static str {
         "swiglu"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        gated_fwd(self.name(), (s1, l1), (s2, l2), |g| g / (1.0 + exp_portable(-g)))
+        if self.fast {
+            gated_fwd(self.name(), (s1, l1), (s2, l2), |g| g / (1.0 + exp_fast(-g)))
+        } else {
+            gated_fwd(self.name(), (s1, l1), (s2, l2), |g| g / (1.0 + exp_portable(-g)))
+        }
     }
     fn bwd(
         &self,
@@ -230,11 +242,58 @@ impl CustomOp2 for SwiGlu {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if gate.dtype() == DType::F32 {
+            // both gradients in one pass: [2, n] = (d_gate, d_up)
+            let both = gate.contiguous()?.apply_op3(&up.contiguous()?, &grad.contiguous()?, SwiGluGrad)?;
+            let d = |i| both.get(i)?.reshape(gate.shape());
+            return Ok((Some(d(0)?), Some(d(1)?)));
+        }
         let sig = (gate.neg()?.exp()? + 1.0)?.recip()?;
         let silu = (gate * &sig)?;
         // silu'(x) = σ(x)·(1 + x·(1 − σ(x)))
         let dsilu = (&sig * ((gate * (1.0 - &sig)?)? + 1.0)?)?;
         Ok((Some((grad * up)?.mul(&dsilu)?), Some((grad * silu)?)))
+    }
+}
+
+/// The SwiGLU gradients from (gate, up, g): [2, n] holding g·up·silu'(gate) and g·silu(gate).
+struct SwiGluGrad;
+
+impl candle_core::CustomOp3 for SwiGluGrad {
+    fn name(&self) -> &'static str {
+        "swiglu-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() || l1.shape() != l3.shape() {
+            candle_core::bail!("swiglu-grad: {:?}, {:?} and {:?} differ", l1.dims(), l2.dims(), l3.dims());
+        }
+        let (x, u, g) =
+            (f32_input(s1, l1, self.name())?, f32_input(s2, l2, self.name())?, f32_input(s3, l3, self.name())?);
+        let n = x.len();
+        let mut out = vec![0f32; 2 * n];
+        let (dg, du) = out.split_at_mut(n);
+        par_chunks(dg, |start, dgs| {
+            for (i, o) in dgs.iter_mut().enumerate() {
+                let (x, u, g) = (x[start + i], u[start + i], g[start + i]);
+                let sig = 1.0 / (1.0 + exp_fast(-x));
+                *o = g * u * sig * (1.0 + x * (1.0 - sig));
+            }
+        });
+        par_chunks(du, |start, dus| {
+            for (i, o) in dus.iter_mut().enumerate() {
+                let x = x[start + i];
+                *o = g[start + i] * x / (1.0 + exp_fast(-x));
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((2, n))))
     }
 }
 
@@ -473,6 +532,19 @@ fn dims3(l: &Layout, op: &str) -> Result<(usize, usize, usize)> {
     }
 }
 
+/// An elementwise output filled in parallel chunks by the thread team: `f(start, chunk)`.
+fn par_chunks(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+    const CHUNK: usize = 1 << 14;
+    let len = out.len();
+    if len <= CHUNK {
+        return f(0, out);
+    }
+    // rows of CHUNK values, the last one shorter
+    let (whole, tail) = out.split_at_mut(len / CHUNK * CHUNK);
+    par_rows(whole, CHUNK, &|r, chunk| f(r * CHUNK, chunk));
+    f(len / CHUNK * CHUNK, tail);
+}
+
 /// Output rows of a [B, M, ·] result computed in parallel by the thread team.
 fn par_rows(out: &mut [f32], row_len: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
     #[derive(Clone, Copy)]
@@ -671,11 +743,15 @@ mod tests {
         use crate::cpu::ops;
         for fast in [false, true] {
             check(|x| x.apply_op1(SoftmaxLast { fast }).unwrap(), |x| ops::softmax_composed(x).unwrap(), &[3, 5, 7]);
+            // swiglu: gradient to the gate (x) with a fixed up, then to up with a fixed gate; the
+            // larger shape runs in parallel chunks with a shorter last one
+            for shape in [[4, 6], [3, 20_000]] {
+                let other = crate::testing::randn(&shape, 1.0, 3);
+                let silu = |x: &Tensor| ops::silu(x).unwrap();
+                check(|x| x.apply_op2(&other, SwiGlu { fast }).unwrap(), |x| (silu(x) * &other).unwrap(), &shape);
+                check(|x| other.apply_op2(x, SwiGlu { fast }).unwrap(), |x| (silu(&other) * x).unwrap(), &shape);
+            }
         }
-        // swiglu: gradient to the gate (x) with a fixed up, then to up with a fixed gate
-        let other = crate::testing::randn(&[4, 6], 1.0, 3);
-        check(|x| x.apply_op2(&other, SwiGlu).unwrap(), |x| (ops::silu(x).unwrap() * &other).unwrap(), &[4, 6]);
-        check(|x| other.apply_op2(x, SwiGlu).unwrap(), |x| (ops::silu(&other).unwrap() * x).unwrap(), &[4, 6]);
         for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
             for (d, rd) in [(8, 8), (12, 8)] {
                 let (c, s) = ops::rope_tables(10_000.0, rd, 3, 5, &Device::Cpu).unwrap();

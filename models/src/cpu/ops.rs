@@ -250,7 +250,9 @@ pub fn gated(gate: &Tensor, up: &Tensor, act: crate::arch::Activation) -> Result
     if gate.dtype() == DType::F32 {
         let (gate, up) = (gate.contiguous()?, up.contiguous()?);
         return match act {
-            crate::arch::Activation::Silu => gate.apply_op2(&up, super::fused::SwiGlu),
+            crate::arch::Activation::Silu => {
+                gate.apply_op2(&up, super::fused::SwiGlu { fast: gate.track_op() || up.track_op() })
+            }
             crate::arch::Activation::GeluTanh => gate.apply_op2(&up, super::fused::GeGlu),
         };
     }
