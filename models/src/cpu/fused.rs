@@ -717,6 +717,114 @@ impl CustomOp2 for CrossEntropy {
     }
 }
 
+/// The output head's weight for [`HeadLoss`]: bf16-packed or dense f32 [vocab, d].
+pub enum HeadWeight {
+    Bf16(Arc<Bf16Weight>),
+    Dense(Tensor),
+}
+
+impl HeadWeight {
+    /// h [m, d] → logits [m, vocab].
+    fn logits(&self, h: &[f32], m: usize, d: usize) -> Result<Vec<f32>> {
+        match self {
+            HeadWeight::Bf16(w) => Ok(w.fwd.matmul(h, m)),
+            HeadWeight::Dense(w) => {
+                let h = Tensor::from_slice(h, (m, d), w.device())?;
+                h.matmul(&w.t()?)?.flatten_all()?.to_vec1()
+            }
+        }
+    }
+    /// dlogits [m, vocab] → dh [m, d] = dlogits · W.
+    fn input_grad(&self, dl: Vec<f32>, m: usize, v: usize) -> Result<Vec<f32>> {
+        match self {
+            HeadWeight::Bf16(w) => Ok(w.bwd.matmul(&dl, m)),
+            HeadWeight::Dense(w) => Tensor::from_vec(dl, (m, v), w.device())?.matmul(w)?.flatten_all()?.to_vec1(),
+        }
+    }
+}
+
+/// Cross-entropy of the output head's predictions against `targets`: h [n, d] → [n], the rows of
+/// −log softmax(h·Wᵀ)[target], computed a few rows at a time so the [n, vocab] logits (hundreds of
+/// MB, fresh pages on every pass) never exist whole. With `with_grad`, the forward also forms
+/// d loss / dh = (softmax − one-hot)·W per row while the logits are at hand; the backward scales
+/// those rows by the incoming gradient.
+pub struct HeadLoss {
+    pub head: HeadWeight,
+    pub targets: Vec<u32>,
+    pub with_grad: bool,
+    /// Rows per chunk: ~24 MiB of logits (glibc serves that from its heap, reused, below 32 MiB).
+    pub chunk_rows: usize,
+    dh: std::sync::Mutex<Vec<f32>>,
+}
+
+impl HeadLoss {
+    pub fn new(head: HeadWeight, targets: Vec<u32>, with_grad: bool) -> Self {
+        let v = match &head {
+            HeadWeight::Bf16(w) => w.fwd.n,
+            HeadWeight::Dense(w) => w.dims().first().copied().unwrap_or(1),
+        };
+        let chunk_rows = ((24 << 20) / (4 * v.max(1))).max(1).div_ceil(32) * 32;
+        HeadLoss { head, targets, with_grad, chunk_rows, dh: Default::default() }
+    }
+}
+
+impl CustomOp1 for HeadLoss {
+    fn name(&self) -> &'static str {
+        "head-loss"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, d) = l.shape().dims2()?;
+        let h = f32_input(s, l, self.name())?;
+        let v = match &self.head {
+            HeadWeight::Bf16(w) => w.fwd.n,
+            HeadWeight::Dense(w) => w.dim(0)?,
+        };
+        if self.targets.len() != n {
+            candle_core::bail!("head-loss: {n} rows but {} targets", self.targets.len());
+        }
+        if let Some(id) = self.targets.iter().find(|&&id| id as usize >= v) {
+            candle_core::bail!("head-loss: target {id} is outside the vocabulary of {v}");
+        }
+        let rows = self.chunk_rows.max(1);
+        let mut loss = vec![0f32; n];
+        let mut dh = if self.with_grad { Vec::with_capacity(n * d) } else { Vec::new() };
+        for (c, hc) in h.chunks(rows * d).enumerate() {
+            let m = hc.len() / d;
+            let mut logits = self.head.logits(hc, m, d)?;
+            let targets = &self.targets[c * rows..c * rows + m];
+            let lse: Vec<f32> = {
+                let mut lse = vec![0f32; m];
+                par_rows(&mut lse, 1, &|i, o| o[0] = log_sum_exp_f32(&logits[i * v..(i + 1) * v]) as f32);
+                lse
+            };
+            for (i, &t) in targets.iter().enumerate() {
+                loss[c * rows + i] = lse[i] - logits[i * v + t as usize];
+            }
+            if self.with_grad {
+                par_rows(&mut logits, v, &|i, row| {
+                    row.iter_mut().for_each(|x| *x = exp_fast(*x - lse[i]));
+                    row[targets[i] as usize] -= 1.0;
+                });
+                dh.extend(self.head.input_grad(logits, m, v)?);
+            }
+        }
+        if self.with_grad {
+            *self.dh.lock().unwrap_or_else(|p| p.into_inner()) = dh;
+        }
+        Ok((CpuStorage::F32(loss), Shape::from(n)))
+    }
+    fn bwd(&self, h: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let dh = std::mem::take(&mut *self.dh.lock().unwrap_or_else(|p| p.into_inner()));
+        if dh.len() != h.elem_count() {
+            candle_core::bail!(
+                "head-loss: no input gradient from the forward pass (built without with_grad, or used twice)"
+            );
+        }
+        let dh = Tensor::from_vec(dh, h.shape(), h.device())?;
+        Ok(Some(dh.broadcast_mul(&g.to_dtype(DType::F32)?.unsqueeze(1)?)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -798,6 +906,44 @@ mod tests {
         let ((l32, g32), (l64, g64)) = (run(DType::F32), run(DType::F64));
         assert!(max_abs(&l32, &l64) < 1e-5, "losses differ by {}", max_abs(&l32, &l64));
         assert!(max_abs(&g32, &g64) < 1e-6, "gradients differ by {}", max_abs(&g32, &g64));
+    }
+
+    /// The chunked head loss equals the head's logits through the cross-entropy op, in loss and in
+    /// the gradient to the hidden rows, for a dense f32 head (to f32 rounding) and a bf16 head.
+    #[test]
+    fn chunked_head_loss_equals_logits_then_cross_entropy() {
+        let (n, d, v) = (70, 48, 301);
+        let w = crate::testing::randn(&[v, d], 0.3, 21);
+        let h0 = crate::testing::randn(&[n, d], 1.0, 22);
+        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 37) % v as u32).collect();
+        let probe = crate::testing::randn(&[n], 1.0, 23);
+        let grad_of = |loss: Tensor, h: &Var| {
+            let g = (&loss * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            (loss, g.get(h).unwrap().clone())
+        };
+        let reference = |w: &Tensor| {
+            let h = Var::from_tensor(&h0).unwrap();
+            let logits = h.as_tensor().matmul(&w.t().unwrap()).unwrap();
+            let t = Tensor::new(targets.as_slice(), &Device::Cpu).unwrap();
+            grad_of(logits.apply_op2(&t, CrossEntropy).unwrap(), &h)
+        };
+        let chunked = |head: HeadWeight| {
+            let h = Var::from_tensor(&h0).unwrap();
+            let mut op = HeadLoss::new(head, targets.clone(), true);
+            op.chunk_rows = 32; // three chunks, the last one short
+            grad_of(h.as_tensor().apply_op1(op).unwrap(), &h)
+        };
+        let ((l, g), (lr, gr)) = (chunked(HeadWeight::Dense(w.clone())), reference(&w));
+        assert!(max_abs(&l, &lr) < 1e-5 && max_abs(&g, &gr) < 1e-5, "dense: {} {}", max_abs(&l, &lr), max_abs(&g, &gr));
+        // bf16: the reference multiplies by the bf16 weights; only the bf16 rounding of h and of
+        // the logits' gradient is left between them
+        let wv: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        let packed = Arc::new(Bf16Weight::new(&wv, v, d));
+        let (lr, gr) = reference(&packed.dense(&Device::Cpu).unwrap());
+        let (l, g) = chunked(HeadWeight::Bf16(packed));
+        let scale = gr.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(max_abs(&l, &lr) < 2e-2, "bf16 losses differ by {}", max_abs(&l, &lr));
+        assert!(max_abs(&g, &gr) < 2e-2 * scale, "bf16 gradients differ by {} (largest {scale})", max_abs(&g, &gr));
     }
 
     /// GeGLU: the forward is ggml's f16-table GELU (within f16 rounding of the exact one, exact at

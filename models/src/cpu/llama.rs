@@ -429,7 +429,26 @@ impl Llama {
         let targets: Vec<u32> = rows.iter().map(|&p| tokens[p as usize + 1]).collect();
         let h = self.hidden(tokens, None)?.squeeze(0)?;
         let h = h.index_select(&Tensor::new(rows.as_slice(), &self.dev)?, 0)?;
-        let logits = self.lm_head.forward(&h)?;
+        self.head_losses(&h, targets)
+    }
+
+    /// Cross-entropy of the head's predictions from hidden rows h [n, d] against `targets` → [n].
+    /// A frozen bf16 or f32 head goes through [`super::fused::HeadLoss`] (logits a chunk at a
+    /// time); others through the head's layer and [`super::fused::CrossEntropy`].
+    fn head_losses(&self, h: &Tensor, targets: Vec<u32>) -> Result<Tensor> {
+        use super::fused::{HeadLoss, HeadWeight};
+        use super::linear::BaseWeight;
+        let head = match &self.lm_head.base {
+            _ if self.lm_head.lora.is_some() || h.dtype() != DType::F32 => None,
+            BaseWeight::Bf16(w) => Some(HeadWeight::Bf16(w.clone())),
+            BaseWeight::Dense(w) if w.dtype() == DType::F32 => Some(HeadWeight::Dense(w.clone())),
+            _ => None,
+        };
+        if let Some(head) = head {
+            let op = HeadLoss::new(head, targets, h.track_op());
+            return Ok(h.contiguous()?.apply_op1(op)?);
+        }
+        let logits = self.lm_head.forward(h)?;
         let targets = Tensor::new(targets.as_slice(), &self.dev)?;
         Ok(logits.contiguous()?.apply_op2(&targets, super::fused::CrossEntropy)?)
     }
@@ -485,9 +504,7 @@ impl Llama {
             Pass { global: attend(self.cfg.rope_base), local: self.local_layers().map(|(base, _)| attend(base)) };
         let h = self.run_blocks(&tokens, None, &pass)?.squeeze(0)?;
         let h = h.index_select(&Tensor::new(rows.as_slice(), &self.dev)?, 0)?;
-        let logits = self.lm_head.forward(&h)?;
-        let targets = Tensor::new(targets.as_slice(), &self.dev)?;
-        Ok(logits.contiguous()?.apply_op2(&targets, super::fused::CrossEntropy)?)
+        self.head_losses(&h, targets)
     }
 
     /// Logits as an f32 vector (for sampling).
