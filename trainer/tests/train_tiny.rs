@@ -149,8 +149,8 @@ fn bad_lines_are_named_and_nothing_is_dropped_silently() {
     assert_eq!(report.train + report.eval, 6);
 }
 
-/// The CLI end to end: `vigil train` (config file + --set), `--stop-after` then `--resume`, and
-/// every `vigil export` format, each checked by loading it back.
+/// The CLI end to end: `vigil train` (config file + --set), `--stop-after`, exporting the unfinished
+/// run's checkpoint, `--resume`, and every `vigil export` format, each checked by loading it back.
 #[test]
 fn the_cli_trains_resumes_and_exports() {
     let tmp = TempDir::new("train-cli");
@@ -175,6 +175,11 @@ fn the_cli_trains_resumes_and_exports() {
     assert!(shown.contains("lr = 0.003") && shown.contains("rank = 4"), "{shown}");
     let first = run(&["train", "--config", c, "-m", m, "--data", d, "--set", "lr=3e-3", "-o", o, "--stop-after", "2"]);
     assert!(first.contains("stopped at step 2"), "{first}");
+    // an unfinished run exports its latest checkpoint
+    let mid = tmp.path().join("mid.gguf");
+    let said = run(&["export", o, "--dtype", "q8_0", "-o", mid.to_str().unwrap()]);
+    assert!(said.contains("exporting its checkpoint of step 2"), "{said}");
+    assert_eq!(LoraAdapter::from_gguf(&Gguf::open(&mid).unwrap()).unwrap().pairs.len(), 14);
     let second = run(&["train", "-o", o, "--resume"]);
     assert!(second.contains("resuming at step 2") && second.contains("done."), "{second}");
     let adapter = out.join("adapter.gguf");

@@ -22,8 +22,12 @@ fn dtype(s: &str) -> Result<GgmlType> {
 }
 
 pub fn run(args: ExportArgs, _g: &Global) -> Result<()> {
-    let path = if args.adapter.is_dir() { args.adapter.join("adapter.gguf") } else { args.adapter.clone() };
-    let adapter = LoraAdapter::from_gguf(&Gguf::open(&path)?)?;
+    let adapter = if args.adapter.is_dir() && !args.adapter.join("adapter.gguf").exists() {
+        checkpoint_adapter(&args.adapter)?
+    } else {
+        let path = if args.adapter.is_dir() { args.adapter.join("adapter.gguf") } else { args.adapter.clone() };
+        LoraAdapter::from_gguf(&Gguf::open(&path)?)?
+    };
     let ty = dtype(&args.dtype)?;
     let base = || -> Result<(std::path::PathBuf, Gguf)> {
         let p = crate::commands::resolve_model(&args.model)?;
@@ -58,4 +62,18 @@ pub fn run(args: ExportArgs, _g: &Global) -> Result<()> {
     }
     eprintln!("vigil: wrote {}", args.out.display());
     Ok(())
+}
+
+/// The adapter of an unfinished run: its latest checkpoint, read the way `--resume` reads it (the
+/// run's saved config, data fingerprint checked), so a run can be evaluated while it trains.
+fn checkpoint_adapter(dir: &std::path::Path) -> Result<LoraAdapter> {
+    use vigil_trainer::train::{config::TrainConfig, run::Trainer};
+    if !dir.join(vigil_trainer::train::checkpoint::FILE).exists() {
+        bail!("{}: neither adapter.gguf nor a checkpoint (is it a `vigil train` run directory?)", dir.display());
+    }
+    let mut cfg = TrainConfig::resolve("default", Some(&dir.join("config.toml")), &[])?;
+    cfg.model = crate::commands::resolve_model(&cfg.model)?.display().to_string();
+    let (t, _) = Trainer::prepare(cfg, dir, true)?;
+    eprintln!("vigil: {} has no adapter.gguf yet; exporting its checkpoint of step {}", dir.display(), t.step);
+    Ok(t.lora.adapter("adapter.gguf"))
 }
