@@ -64,16 +64,22 @@ pub fn run(args: ExportArgs, _g: &Global) -> Result<()> {
     Ok(())
 }
 
-/// The adapter of an unfinished run: its latest checkpoint, read the way `--resume` reads it (the
-/// run's saved config, data fingerprint checked), so a run can be evaluated while it trains.
+/// The adapter of an unfinished run: the LoRA values of its latest checkpoint, laid out by the
+/// run's saved config (model, targets, rank, α). Reads only — a run may be training beside it.
 fn checkpoint_adapter(dir: &std::path::Path) -> Result<LoraAdapter> {
-    use vigil_trainer::train::{config::TrainConfig, run::Trainer};
-    if !dir.join(vigil_trainer::train::checkpoint::FILE).exists() {
+    use vigil_models::cpu::{Llama, WeightMode};
+    use vigil_trainer::train::{checkpoint, config::TrainConfig, lora::LoraParams, optim::Moments};
+    let ckpt = dir.join(checkpoint::FILE);
+    if !ckpt.exists() {
         bail!("{}: neither adapter.gguf nor a checkpoint (is it a `vigil train` run directory?)", dir.display());
     }
-    let mut cfg = TrainConfig::resolve("default", Some(&dir.join("config.toml")), &[])?;
-    cfg.model = crate::commands::resolve_model(&cfg.model)?.display().to_string();
-    let (t, _) = Trainer::prepare(cfg, dir, true)?;
-    eprintln!("vigil: {} has no adapter.gguf yet; exporting its checkpoint of step {}", dir.display(), t.step);
-    Ok(t.lora.adapter("adapter.gguf"))
+    let cfg = TrainConfig::resolve("default", Some(&dir.join("config.toml")), &[])?;
+    let g = Gguf::open(&crate::commands::resolve_model(&cfg.model)?)?;
+    let model = Llama::load(&g, WeightMode::Quantized, &candle_core::Device::Cpu)?;
+    let mut lora = LoraParams::init(&model, &cfg.targets, cfg.rank, cfg.alpha, cfg.seed)?;
+    let mut moments: Vec<Moments> = lora.params.iter().map(|p| Moments::new(p.value.len(), cfg.adam_8bit)).collect();
+    let meta = checkpoint::load(&ckpt, &mut lora, &mut moments)?;
+    let step = meta.get("step").map_or("?", String::as_str);
+    eprintln!("vigil: {} has no adapter.gguf yet; exporting its checkpoint of step {step}", dir.display());
+    Ok(lora.adapter("adapter.gguf"))
 }
