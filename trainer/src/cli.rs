@@ -406,7 +406,8 @@ pub enum ExportFormat {
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// The trained adapter (a run's adapter.gguf, or a run directory).
+    /// The trained adapter (a run's adapter.gguf, or a run directory: an unfinished run gives its
+    /// latest checkpoint).
     pub adapter: PathBuf,
     #[arg(long, value_enum, default_value_t = ExportFormat::Gguf)]
     pub format: ExportFormat,
