@@ -245,20 +245,14 @@ mod amx {
 mod tests {
     use super::*;
 
-    fn lcg(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+    fn data(seed: u64, n: usize) -> Vec<f32> {
+        crate::testing::randn(&[n], 0.5, seed).to_vec1().unwrap()
     }
 
     #[test]
     fn packing_keeps_every_value_and_its_transpose() {
         let (n, k) = (40, 70); // neither a multiple of 32
-        let w = lcg(1, n * k);
+        let w = data(1, n * k);
         let p = PackedBf16::new(&w, n, k);
         let t = PackedBf16::transposed(&w, n, k);
         for i in 0..n {
@@ -275,8 +269,8 @@ mod tests {
     #[test]
     fn products_equal_the_bf16_values_summed_exactly() {
         for &(m, n, k) in &[(1, 16, 32), (5, 40, 70), (32, 64, 64), (100, 576, 192), (67, 96, 1536)] {
-            let w = lcg(m as u64 * 7 + n as u64, n * k);
-            let x = lcg(k as u64 + 3, m * k);
+            let w = data(m as u64 * 7 + n as u64, n * k);
+            let x = data(k as u64 + 3, m * k);
             let p = PackedBf16::new(&w, n, k);
             let y = p.matmul(&x, m);
             let portable = p.matmul_portable(&x, m);
