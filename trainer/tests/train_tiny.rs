@@ -156,15 +156,20 @@ fn the_cli_trains_resumes_and_exports() {
     let tmp = TempDir::new("train-cli");
     let (model, data) = setup(tmp.path(), &lines(16));
     let vigil = env!("CARGO_BIN_EXE_vigil");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(vigil).args(args).env("VIGIL_THREADS", "2").output().unwrap();
+    let run_in = |cwd: &Path, args: &[&str]| {
+        let out =
+            std::process::Command::new(vigil).args(args).current_dir(cwd).env("VIGIL_THREADS", "2").output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success(), "vigil {args:?} failed:\n{err}");
         err
     };
+    let run = |args: &[&str]| run_in(tmp.path(), args);
     let cfg = tmp.path().join("run.toml");
-    std::fs::write(&cfg, "rank = 4\nalpha = 8.0\nmax_len = 256\nbatch_size = 2\nmax_steps = 4\neval_fraction = 0.25\n")
-        .unwrap();
+    std::fs::write(
+        &cfg,
+        "rank = 4\nalpha = 8.0\nmax_len = 256\nbatch_size = 2\nmax_steps = 4\neval_fraction = 0.25\ndata = [\"train.jsonl\"]\n",
+    )
+    .unwrap();
     let out = tmp.path().join("run");
     let (m, d, c, o) = (model.to_str().unwrap(), data.to_str().unwrap(), cfg.to_str().unwrap(), out.to_str().unwrap());
     let shown = std::process::Command::new(vigil)
@@ -173,15 +178,34 @@ fn the_cli_trains_resumes_and_exports() {
         .unwrap();
     let shown = String::from_utf8_lossy(&shown.stdout).to_string();
     assert!(shown.contains("lr = 0.003") && shown.contains("rank = 4"), "{shown}");
-    let first = run(&["train", "--config", c, "-m", m, "--data", d, "--set", "lr=3e-3", "-o", o, "--stop-after", "2"]);
+    // paths relative to the working directory (and to the config file) …
+    let first = run(&[
+        "train",
+        "--config",
+        "run.toml",
+        "-m",
+        "tiny.gguf",
+        "--set",
+        "lr=3e-3",
+        "-o",
+        "run",
+        "--stop-after",
+        "2",
+    ]);
     assert!(first.contains("stopped at step 2"), "{first}");
     // an unfinished run exports its latest checkpoint
     let mid = tmp.path().join("mid.gguf");
     let said = run(&["export", o, "--dtype", "q8_0", "-o", mid.to_str().unwrap()]);
     assert!(said.contains("exporting its checkpoint of step 2"), "{said}");
     assert_eq!(LoraAdapter::from_gguf(&Gguf::open(&mid).unwrap()).unwrap().pairs.len(), 14);
-    let second = run(&["train", "-o", o, "--resume"]);
-    assert!(second.contains("resuming at step 2") && second.contains("done."), "{second}");
+    // … are saved absolute: the run resumes from elsewhere, with or without its config
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let flags = ["-m", m, "--data", d, "--set", "lr=3e-3", "-o", o, "--resume", "--stop-after", "3"];
+    let again = run_in(&elsewhere, &[&["train", "--config", c], &flags[..]].concat());
+    assert!(again.contains("resuming at step 2") && again.contains("stopped at step 3"), "{again}");
+    let second = run_in(&elsewhere, &["train", "-o", o, "--resume"]);
+    assert!(second.contains("resuming at step 3") && second.contains("done."), "{second}");
     let adapter = out.join("adapter.gguf");
 
     let g = Gguf::open(&model).unwrap();

@@ -1,7 +1,7 @@
 //! `vigil train`: resolve the config, load data and model, run the loop with a progress bar.
 
 use anyhow::{Context, Result};
-use vigil_trainer::train::config::TrainConfig;
+use vigil_trainer::train::config::{absolute, TrainConfig};
 use vigil_trainer::train::run::{Hooks, Metrics, Trainer};
 
 use crate::cli::{ConfigArgs, Global, TrainArgs};
@@ -31,8 +31,7 @@ pub fn resolve_config(stage: Option<&str>, c: &ConfigArgs) -> Result<TrainConfig
     overrides.extend(c.overrides.iter().cloned());
     let mut cfg = TrainConfig::resolve(stage.unwrap_or(&c.preset), c.config.as_deref(), &overrides)?;
     // preset probe paths are relative to the working directory
-    let cwd = std::env::current_dir()?;
-    cfg.rho_data = cfg.rho_data.iter().map(|p| if p.is_relative() { cwd.join(p) } else { p.clone() }).collect();
+    cfg.rho_data = cfg.rho_data.iter().map(|p| absolute(p)).collect();
     Ok(cfg)
 }
 
@@ -54,7 +53,7 @@ pub fn run(args: TrainArgs, _g: &Global) -> Result<()> {
         print!("{}", cfg.to_toml());
         return Ok(());
     }
-    cfg.model = crate::commands::resolve_model(&cfg.model)?.display().to_string();
+    cfg.model = absolute(&crate::commands::resolve_model(&cfg.model)?).display().to_string();
 
     let (mut trainer, report) = Trainer::prepare(cfg, &args.out, args.resume)?;
     for e in &report.errors {
@@ -117,7 +116,7 @@ pub fn run(args: TrainArgs, _g: &Global) -> Result<()> {
 pub fn sweep(args: crate::cli::SweepArgs) -> Result<()> {
     use vigil_trainer::sweep;
     let mut base = resolve_config(None, &args.cfg)?;
-    base.model = crate::commands::resolve_model(&base.model)?.display().to_string();
+    base.model = absolute(&crate::commands::resolve_model(&base.model)?).display().to_string();
     for c in &args.conditions {
         if !vigil_trainer::train::rho::CONDITIONS.contains(&c.as_str()) {
             anyhow::bail!("unknown condition `{c}` ({})", vigil_trainer::train::rho::CONDITIONS.join(", "));

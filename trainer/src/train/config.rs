@@ -144,15 +144,14 @@ impl TrainConfig {
             let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
             let mut t: toml::Table =
                 toml::from_str(&text).with_context(|| format!("{} is not valid TOML", f.display()))?;
-            // relative data paths in a config file are relative to that file
+            // relative data paths in a config file are relative to that file; they are stored
+            // absolute, so a run's saved config works from any working directory
             let dir = f.parent().unwrap_or(Path::new(""));
             for key in ["data", "eval_data", "rho_data"] {
                 if let Some(toml::Value::Array(list)) = t.get_mut(key) {
                     for v in list.iter_mut() {
                         if let toml::Value::String(p) = v {
-                            if Path::new(p.as_str()).is_relative() {
-                                *p = dir.join(p.as_str()).display().to_string();
-                            }
+                            *p = absolute(&dir.join(p.as_str())).display().to_string();
                         }
                     }
                 }
@@ -233,6 +232,11 @@ impl TrainConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("the config serialises")
     }
+}
+
+/// `p` without `..` and symlinks where it exists, else joined to the working directory.
+pub fn absolute(p: &Path) -> std::path::PathBuf {
+    std::fs::canonicalize(p).or_else(|_| std::path::absolute(p)).unwrap_or_else(|_| p.to_path_buf())
 }
 
 #[cfg(test)]

@@ -82,7 +82,8 @@ pub struct Trainer {
     pub step: u64,
     pub total_steps: u64,
     pub steps_per_epoch: u64,
-    /// sha256 of the resolved config's training-relevant fields and the encoded data.
+    /// sha256 of the resolved config's training-relevant fields, the base model's tensors and the
+    /// encoded data (probe pairs included).
     fingerprint: String,
 }
 
@@ -237,7 +238,15 @@ impl Trainer {
                 // keys added later hash only when set, so older runs still resume
                 table.remove("share_prefix");
             }
+            // files count by content, not by path: the same run resumes from any working directory
+            for key in ["model", "data", "eval_data", "rho_data"] {
+                table.remove(key);
+            }
             h.update(toml::to_string_pretty(&table).expect("a TOML table serialises"));
+            for t in g.tensors() {
+                h.update(format!("{}:{:?}:{:?};", t.name, t.ty, t.dims));
+                h.update(g.tensor_bytes(t));
+            }
             for ex in train.iter().chain(&eval) {
                 for id in &ex.ids {
                     h.update(id.to_le_bytes());
