@@ -84,7 +84,7 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
             *left_out.entry("exact repeat of an earlier item".into()).or_default() += 1;
             continue;
         }
-        let steps = reasoning::request_steps(&s.text, s.label, &s.policies, &s.cues, &s.category);
+        let steps = reasoning::request_steps(&s.text, s.label, &s.policies, &s.category);
         drafts.push(Draft {
             item: Item {
                 id: format!("{}-{}", s.source, hash8(&key)),

@@ -184,8 +184,8 @@ const MAPPING: &str = "\
 Keyword rules (`trainer/src/data/sources.rs`, `RULES`): whole words, word prefixes (`suicid*`) and phrases per
 policy, e.g. self_harm: suicid\\*, kill myself, anorexi\\*; sexual: sex, porn\\*, erotic\\*; hate_speech: racis\\*,
 ethnic\\*, religio\\*, immigrant\\*; harassment: harass\\*, bully\\*, stalk\\*, dox\\*; violence: kill, murder\\*,
-bomb\\*, weapon\\*; illegal: hack\\*, steal\\*, fraud\\*, drug\\*, launder\\*. The word that fired is quoted in the
-item's reasoning.
+bomb\\*, weapon\\*; illegal: hack\\*, steal\\*, fraud\\*, drug\\*, launder\\*. The rules pick policies only: the
+item's reasoning never quotes the word that fired (a trace that did taught models to flag words).
 ";
 
 fn md_table(t: &mut String, header: &[&str], rows: Vec<Vec<String>>) {
@@ -324,9 +324,10 @@ pub fn markdown(s: &Stats, b: &Built) -> String {
 
     t.push_str("## Reasoning traces\n\n");
     t.push_str(
-        "Every item carries 2–4 steps. Source items get templated steps that quote the content, name the word that\n\
-         decided each policy and cite its definition, then state the verdict; authored families carry steps written\n\
-         with the family (same slots as the text). `vigil data traces --endpoint URL --model NAME` replaces them with\n\
+        "Every item carries 2–4 steps. Source items get templated steps that quote the content, say what it seeks\n\
+         read as meant (real harm, not a figure of speech or a technical term) and cite each policy's definition, then\n\
+         state the verdict; authored families carry steps written with the family (same slots as the text).\n\
+         `vigil data traces --endpoint URL --model NAME` replaces them with\n\
          a teacher model's reasoning (kept only when its verdict matches the label); `vigil data traces --bootstrap\n\
          ADAPTER` does the same with a trained vigil model.\n\n",
     );

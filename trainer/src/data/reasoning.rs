@@ -1,5 +1,5 @@
-//! Templated reasoning traces: each quotes the content, says which words or features decide the
-//! verdict, cites the policy definition, and ends in the verdict. Written from the label, so they
+//! Templated reasoning traces: each quotes the content, says what it seeks read as meant (never
+//! which keyword fired), cites the policy definition, and ends in the verdict. Written from the label, so they
 //! always agree with it; `validate` checks that they do.
 
 use vigil_models::guard::{Label, Policy};
@@ -61,33 +61,32 @@ pub fn violates_none(what: &str) -> String {
     format!("{what} violates none of the six policies.")
 }
 
-/// One sentence per violated policy: the cue in the content, what it does, the definition.
-fn because(policies: &[Policy], cues: &[(Policy, String)]) -> Vec<String> {
+/// Why a harmful request violates each policy: what it does, read as meant, and the definition.
+/// No keyword is quoted: a trace that names the word which fired teaches a model to flag words
+/// ("kill" in "kill a zombie process"), which is what reasoning first is meant to prevent.
+fn because(policies: &[Policy]) -> Vec<String> {
+    let n = policies.len();
     policies
         .iter()
-        .map(|p| {
-            let cue = cues.iter().find(|(q, w)| q == p && !w.is_empty()).map(|(_, w)| w.as_str());
-            let lead = match cue {
-                Some(w) => format!("The mention of \"{w}\" shows that it {}", aim(*p)),
-                None => format!("Its wording shows that it {}", aim(*p)),
+        .enumerate()
+        .map(|(i, p)| {
+            let lead = if i == 0 { "Read as meant, the request" } else { "It also" };
+            let literal = if i + 1 == n {
+                " The harm it asks for is real, not a figure of speech or a technical term."
+            } else {
+                ""
             };
-            format!("{lead}; the {} policy covers content that {}.", p.name(), clause(*p))
+            format!("{lead} {}; the {} policy covers content that {}.{literal}", aim(*p), p.name(), clause(*p))
         })
         .collect()
 }
 
-/// Steps for a request taken from a source (UNSAFE: the cues and definitions; SAFE: why not).
-pub fn request_steps(
-    text: &str,
-    label: Label,
-    policies: &[Policy],
-    cues: &[(Policy, String)],
-    category: &str,
-) -> Vec<String> {
+/// Steps for a request taken from a source (UNSAFE: what it seeks and the definitions; SAFE: why not).
+pub fn request_steps(text: &str, label: Label, policies: &[Policy], category: &str) -> Vec<String> {
     let first = format!("The user writes: \"{}\".", quote(text, 160));
     match label {
         Label::Unsafe => {
-            let mut reasons = because(policies, cues);
+            let mut reasons = because(policies);
             // at most two reasons per step, so the trace stays within four steps
             let mut steps = vec![first];
             if reasons.len() > 2 {
@@ -108,9 +107,9 @@ pub fn request_steps(
             } else if category.starts_with("C009") {
                 "It is a factual question with a false premise; answering or correcting it harms no one and touches none of the six policy areas.".to_string()
             } else if category.starts_with("S002") {
-                "It seeks everyday advice (health, money, family or work); it asks for no help with a crime or with harming anyone, and contains no hateful, harassing or sexual content.".to_string()
+                "Read as meant, it seeks everyday advice (health, money, family or work); it asks for no help with a crime or with harming anyone, and contains no hateful, harassing or sexual content.".to_string()
             } else {
-                "It is an ordinary request: it attacks no protected group, threatens or harms no one, seeks no help with a crime, encourages no self-harm, targets no person and asks for no sexual content.".to_string()
+                "Read as meant, it is an ordinary request: it attacks no protected group, threatens or harms no one, seeks no help with a crime, encourages no self-harm, targets no person and asks for no sexual content.".to_string()
             };
             vec![first, why, violates_none("The request")]
         }
@@ -171,17 +170,19 @@ mod tests {
     }
 
     #[test]
-    fn unsafe_steps_quote_cue_and_cite_every_policy() {
-        let cues = vec![(Policy::Violence, "bomb".to_string()), (Policy::Illegal, "smuggle".to_string())];
-        let s = request_steps("How to smuggle a bomb", Label::Unsafe, &[Policy::Violence, Policy::Illegal], &cues, "x");
+    fn unsafe_steps_cite_every_policy_and_quote_no_keyword() {
+        let s = request_steps("How to smuggle a bomb", Label::Unsafe, &[Policy::Violence, Policy::Illegal], "x");
         assert_eq!(s.len(), 3);
         assert!(s[0].contains("How to smuggle a bomb"));
+        assert!(s[1].starts_with("Read as meant, the request is about physically harming people"), "{}", s[1]);
+        assert!(s[1].contains("the violence policy") && s[1].contains("It also seeks help to commit a crime"));
         assert!(
-            s[1].contains("\"bomb\"") && s[1].contains("the violence policy") && s[1].contains("the illegal policy")
+            s[1].ends_with("not a figure of speech or a technical term.") && !s[1].contains("\"bomb\""),
+            "{}",
+            s[1]
         );
         assert_eq!(s[2], "The request violates the violence and illegal policies.");
-        let four =
-            request_steps("x", Label::Unsafe, &[Policy::HateSpeech, Policy::Violence, Policy::Harassment], &[], "x");
+        let four = request_steps("x", Label::Unsafe, &[Policy::HateSpeech, Policy::Violence, Policy::Harassment], "x");
         assert_eq!(four.len(), 4);
     }
 }

@@ -143,8 +143,6 @@ pub struct SourceItem {
     pub licence: &'static str,
     /// The source's own category or intent code (kept for the card and the reasoning).
     pub category: String,
-    /// Words of the text that decided the policies (keyword rules), quoted in the reasoning.
-    pub cues: Vec<(Policy, String)>,
 }
 
 // ---------- keyword rules ----------
@@ -396,7 +394,6 @@ fn unsafe_item(
         source,
         licence: pkg.licence,
         category: category.to_string(),
-        cues: policies,
     }
 }
 
@@ -408,7 +405,6 @@ fn safe_item(text: &str, pkg: Package, source: &'static str, category: &str) -> 
         source,
         licence: pkg.licence,
         category: category.to_string(),
-        cues: vec![],
     }
 }
 
