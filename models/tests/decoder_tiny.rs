@@ -280,7 +280,7 @@ fn gradients_flow_through_the_bf16_products() {
     let ((lb, b), (ld, d)) = (run(WeightMode::Bf16), run(WeightMode::Dense(DType::F32)));
     let scale = ld.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     let diff = max_diff(&lb, &ld);
-    eprintln!("AMX: {}; logits differ by {diff} of {scale}", vigil_models::cpu::bf16::amx_available());
+    eprintln!("bf16 kernel: {:?}; logits differ by {diff} of {scale}", vigil_models::cpu::bf16::kernel());
     assert!(diff < 0.03 * scale as f64, "bf16 logits differ by {diff} (largest logit {scale})");
     let cosine = |x: &[f32], y: &[f32]| {
         let dot: f64 = x.iter().zip(y).map(|(a, b)| *a as f64 * *b as f64).sum();

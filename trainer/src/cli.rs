@@ -550,7 +550,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
     /// Training benchmark: how the frozen base weights are held — dequantized `f32` (the anchor's
-    /// arithmetic), `bf16` (AMX tiles where the CPU has them) or `quantized` (QLoRA).
+    /// arithmetic), `bf16` (AMX tiles or AVX512-BF16 where the CPU has them) or `quantized` (QLoRA).
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "quantized"])]
     pub base_weights: String,
     /// Memory bandwidth in GB/s, to print the bandwidth bound of decoding next to the speed.

@@ -1,12 +1,15 @@
-//! bf16 products for frozen base weights while training, on Intel AMX tiles where the CPU has them.
+//! bf16 products for frozen base weights while training: on Intel AMX tiles, or with AVX512-BF16
+//! dot products (AMD Zen 4+, Intel Cooper Lake+), where the CPU has them.
 //!
 //! A frozen weight W [n, k] is rounded to bf16 once and packed in AMX's tile layout: 16 columns
 //! × 32 reduction values per 1 KiB tile, the reduction values in adjacent pairs (what `tdpbf16ps`
-//! reads). A product rounds the activations to bf16 too and accumulates in f32. Training needs two
-//! packings of each weight: W for the forward product x·Wᵀ and Wᵀ for the input gradient dY·W.
+//! reads). A tile's row of 16 column pairs is also exactly one 512-bit operand of `vdpbf16ps`, so
+//! the AVX-512 kernel reads the same packing. A product rounds the activations to bf16 too and
+//! accumulates in f32. Training needs two packings of each weight: W for the forward product x·Wᵀ
+//! and Wᵀ for the input gradient dY·W.
 //!
-//! Where AMX is missing (other CPUs, wasm, a kernel that refuses the tile state) the same bf16
-//! values are multiplied in f32 by candle's gemm: the results differ only in summation order.
+//! Where neither is present (other CPUs, wasm) the same bf16 values are multiplied in f32 by
+//! candle's gemm: the results differ only in summation order.
 
 use crate::gguf::codec::{bf16_bits_to_f32 as from_bf16, f32_to_bf16_bits as to_bf16};
 
@@ -80,14 +83,66 @@ impl PackedBf16 {
         out
     }
 
-    /// x [m, k] · Mᵀ → [m, n], x rounded to bf16, sums in f32.
+    /// x [m, k] · Mᵀ → [m, n], x rounded to bf16, sums in f32, on the fastest kernel here.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        self.matmul_on(kernel(), x, m)
+    }
+
+    /// The same product on a given kernel (tests compare them); one this CPU lacks runs portably.
+    pub fn matmul_on(&self, kernel: Kernel, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "x is {m}×{}", self.k);
-        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-        if amx::available() {
-            return amx::matmul(self, x, m);
+        match kernel {
+            #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+            Kernel::Amx if amx::available() => self.blocked(x, m, |xb, mb, cols, out| {
+                // SAFETY: the tile state is granted (available()); see amx::block_row.
+                unsafe { amx::block_row(self, xb, mb, cols, out) }
+            }),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Bf16 if avx512::available() => self.blocked(x, m, |xb, mb, cols, out| {
+                // SAFETY: the CPU has AVX512-F and AVX512-BF16 (available()); see avx512::block_row.
+                unsafe { avx512::block_row(self, xb, mb, cols, out) }
+            }),
+            _ => self.matmul_portable(x, m),
         }
-        self.matmul_portable(x, m)
+    }
+
+    /// Runs a blocked kernel: the activations rounded to bf16 in a zero-padded [m_pad, k_pad]
+    /// buffer, output blocks of 32 rows × up to 8·32 columns spread over the thread team, the
+    /// padding cut off the [m_pad, n_pad] result. `block` computes the rows `mb`·32.. of the column
+    /// blocks `cols` (32 columns each) and must write only there.
+    #[cfg(target_arch = "x86_64")]
+    fn blocked(
+        &self,
+        x: &[f32],
+        m: usize,
+        block: impl Fn(&[u16], usize, std::ops::Range<usize>, &Out) + Sync,
+    ) -> Vec<f32> {
+        let (k, k_pad, n_pad) = (self.k, self.k_pad, self.n_pad);
+        let m_pad = m.div_ceil(BLOCK) * BLOCK;
+        let mut xb = vec![0u16; m_pad * k_pad];
+        for (row, xr) in xb.chunks_exact_mut(k_pad).zip(x.chunks_exact(k)) {
+            for (o, &v) in row.iter_mut().zip(xr) {
+                *o = to_bf16(v);
+            }
+        }
+        let mut y = vec![0f32; m_pad * n_pad];
+        let (m_blocks, n_blocks) = (m_pad / BLOCK, n_pad / BLOCK);
+        let n_groups = n_blocks.div_ceil(8);
+        let out = Out(y.as_mut_ptr());
+        let task = |t: usize| {
+            let (mb, g) = (t / n_groups, t % n_groups);
+            block(&xb, mb, g * 8..((g + 1) * 8).min(n_blocks), &out);
+        };
+        super::team::global().run(m_blocks * n_groups, &task);
+        if n_pad == self.n {
+            y.truncate(m * self.n);
+            return y;
+        }
+        let mut out = Vec::with_capacity(m * self.n);
+        for row in y.chunks_exact(n_pad).take(m) {
+            out.extend_from_slice(&row[..self.n]);
+        }
+        out
     }
 
     /// The same product through candle's f32 gemm on the bf16 values.
@@ -103,20 +158,52 @@ impl PackedBf16 {
     }
 }
 
-/// Whether products run on AMX tiles here.
-pub fn amx_available() -> bool {
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    return amx::available();
-    #[allow(unreachable_code)]
-    false
+/// How bf16 products are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// Intel AMX tiles (`tdpbf16ps`).
+    Amx,
+    /// AVX512-BF16 dot products (`vdpbf16ps`).
+    Avx512Bf16,
+    /// candle's f32 gemm on the bf16 values.
+    Portable,
 }
+
+impl Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Amx => "AMX tiles",
+            Kernel::Avx512Bf16 => "AVX512-BF16",
+            Kernel::Portable => "f32 products of bf16 values",
+        }
+    }
+}
+
+/// The fastest kernel on this CPU.
+pub fn kernel() -> Kernel {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if amx::available() {
+        return Kernel::Amx;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        return Kernel::Avx512Bf16;
+    }
+    Kernel::Portable
+}
+
+/// Raw output pointer shared by a product's tasks, each writing its own blocks.
+#[cfg(target_arch = "x86_64")]
+struct Out(*mut f32);
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for Out {}
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod amx {
     use std::arch::asm;
     use std::sync::OnceLock;
 
-    use super::{to_bf16, PackedBf16, BLOCK, TILE_COLS, TILE_K, TILE_LEN};
+    use super::{Out, PackedBf16, BLOCK, TILE_COLS, TILE_K, TILE_LEN};
 
     /// AMX-BF16 is on the CPU and Linux granted this process the tile state (arch_prctl
     /// ARCH_REQ_XCOMP_PERM for XTILEDATA, once per process). `VIGIL_NO_AMX=1` turns it off.
@@ -154,47 +241,14 @@ mod amx {
         }
     }
 
-    /// Raw output pointer shared by the tasks, each writing its own blocks.
-    struct Out(*mut f32);
-    unsafe impl Sync for Out {}
-
-    pub fn matmul(w: &PackedBf16, x: &[f32], m: usize) -> Vec<f32> {
-        let (k, k_pad, n_pad) = (w.k, w.k_pad, w.n_pad);
-        let m_pad = m.div_ceil(BLOCK) * BLOCK;
-        // activations in bf16, [m_pad, k_pad], zero padded
-        let mut xb = vec![0u16; m_pad * k_pad];
-        for (row, xr) in xb.chunks_exact_mut(k_pad).zip(x.chunks_exact(k)) {
-            for (o, &v) in row.iter_mut().zip(xr) {
-                *o = to_bf16(v);
-            }
-        }
-        let mut y = vec![0f32; m_pad * n_pad];
-        let (m_blocks, n_blocks) = (m_pad / BLOCK, n_pad / BLOCK);
-        // tasks: a 32-row block × up to 8 column blocks (256 columns)
-        let n_groups = n_blocks.div_ceil(8);
-        let out = Out(y.as_mut_ptr());
-        let task = |t: usize| {
-            let (mb, g) = (t / n_groups, t % n_groups);
-            let cols = g * 8..((g + 1) * 8).min(n_blocks);
-            // SAFETY: tiles are configured before use and released after; every load reads inside
-            // xb / w.tiles (rows of k_pad values, whole packed tiles) and every store writes a
-            // 32×32 block of y inside [m_pad, n_pad] that no other task writes.
-            unsafe { block_row(w, &xb, mb, cols, &out) };
-        };
-        super::super::team::global().run(m_blocks * n_groups, &task);
-        if n_pad == w.n {
-            y.truncate(m * w.n);
-            return y;
-        }
-        let mut out = Vec::with_capacity(m * w.n);
-        for row in y.chunks_exact(n_pad).take(m) {
-            out.extend_from_slice(&row[..w.n]);
-        }
-        out
-    }
-
+    /// One task of `PackedBf16::blocked`: rows mb·32.. × the 32-column blocks `cols`.
+    ///
+    /// SAFETY: the caller has the tile state (`available()`); `xb` is [m_pad, k_pad] and `out`
+    /// [m_pad, n_pad] as `blocked` makes them. Tiles are configured before use and released after;
+    /// every load reads inside xb / w.tiles (rows of k_pad values, whole packed tiles) and every
+    /// store writes a 32×32 block of out that no other task writes.
     #[inline(never)]
-    unsafe fn block_row(w: &PackedBf16, xb: &[u16], mb: usize, cols: std::ops::Range<usize>, out: &Out) {
+    pub(super) unsafe fn block_row(w: &PackedBf16, xb: &[u16], mb: usize, cols: std::ops::Range<usize>, out: &Out) {
         let (k_pad, n_pad) = (w.k_pad, w.n_pad);
         let k_tiles = k_pad / TILE_K;
         let x_stride = k_pad * 2; // bytes per activation row
@@ -241,6 +295,68 @@ mod amx {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    use super::{Out, PackedBf16, BLOCK, TILE_COLS, TILE_K, TILE_LEN};
+
+    /// Rows per micro-kernel: 8 rows × 32 columns keep 16 accumulators in registers.
+    const ROWS: usize = 8;
+
+    /// AVX512-F and AVX512-BF16 are on the CPU. `VIGIL_NO_AVX512BF16=1` turns the kernel off.
+    pub fn available() -> bool {
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            std::env::var_os("VIGIL_NO_AVX512BF16").is_none_or(|v| v == "0")
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bf16")
+        })
+    }
+
+    /// One task of `PackedBf16::blocked`: rows mb·32.. × the 32-column blocks `cols`.
+    ///
+    /// Row r of a packed tile holds, for its 16 columns, the reduction values 2r and 2r+1: one
+    /// 512-bit `vdpbf16ps` operand. The tiles of a column tile are consecutive along k, so its
+    /// whole panel is k_pad/2 such vectors; an activation pair (x[2p], x[2p+1]) is one 32-bit
+    /// value broadcast to all 16 lanes.
+    ///
+    /// SAFETY: the CPU has AVX512-F and AVX512-BF16; `xb` is [m_pad, k_pad] and `out`
+    /// [m_pad, n_pad] as `blocked` makes them (m_pad a multiple of 32), so every read stays inside
+    /// xb / w.tiles and every write inside this task's rows and columns of out.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn block_row(w: &PackedBf16, xb: &[u16], mb: usize, cols: std::ops::Range<usize>, out: &Out) {
+        let (k_pad, n_pad) = (w.k_pad, w.n_pad);
+        let (pairs, k_tiles) = (k_pad / 2, k_pad / TILE_K);
+        debug_assert!(xb.len() >= (mb + 1) * BLOCK * k_pad && w.tiles.len() == n_pad * k_pad);
+        let x = xb.as_ptr() as *const i32; // activation pairs
+        for nb2 in cols {
+            let (nb0, nb1) = (2 * nb2, 2 * nb2 + 1);
+            let b0 = w.tiles.as_ptr().add(nb0 * k_tiles * TILE_LEN);
+            let b1 = w.tiles.as_ptr().add(nb1 * k_tiles * TILE_LEN);
+            for sub in 0..BLOCK / ROWS {
+                let row0 = mb * BLOCK + sub * ROWS;
+                let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+                for p in 0..pairs {
+                    let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b0.add(p * 2 * TILE_COLS) as *const _));
+                    let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b1.add(p * 2 * TILE_COLS) as *const _));
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(*x.add((row0 + r) * pairs + p)));
+                        acc[0] = _mm512_dpbf16_ps(acc[0], a, w0);
+                        acc[1] = _mm512_dpbf16_ps(acc[1], a, w1);
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate() {
+                    let y = out.0.add((row0 + r) * n_pad + nb0 * TILE_COLS);
+                    _mm512_storeu_ps(y, acc[0]);
+                    _mm512_storeu_ps(y.add(TILE_COLS), acc[1]);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,27 +380,29 @@ mod tests {
         }
     }
 
-    /// The AMX kernel (where present) against f64 sums of the same bf16 values, over shapes with
-    /// and without padding, one block and many.
+    /// Every kernel (those this CPU lacks fall back to the portable one) against f64 sums of the
+    /// same bf16 values, over shapes with and without padding, one block and many.
     #[test]
     fn products_equal_the_bf16_values_summed_exactly() {
+        eprintln!("fastest kernel here: {:?}", kernel());
         for &(m, n, k) in &[(1, 16, 32), (5, 40, 70), (32, 64, 64), (100, 576, 192), (67, 96, 1536)] {
             let w = data(m as u64 * 7 + n as u64, n * k);
             let x = data(k as u64 + 3, m * k);
             let p = PackedBf16::new(&w, n, k);
-            let y = p.matmul(&x, m);
-            let portable = p.matmul_portable(&x, m);
-            assert_eq!(y.len(), m * n);
-            for i in 0..m {
-                for j in 0..n {
-                    let exact: f64 = (0..k).map(|l| from_bf16(to_bf16(x[i * k + l])) as f64 * p.get(j, l) as f64).sum();
-                    let tol = 1e-5 * (k as f64).sqrt() * 4.0;
-                    assert!(
-                        (y[i * n + j] as f64 - exact).abs() < tol,
-                        "({m},{n},{k}) [{i},{j}]: {} vs {exact}",
-                        y[i * n + j]
-                    );
-                    assert!((portable[i * n + j] as f64 - exact).abs() < tol);
+            for kernel in [Kernel::Amx, Kernel::Avx512Bf16, Kernel::Portable] {
+                let y = p.matmul_on(kernel, &x, m);
+                assert_eq!(y.len(), m * n);
+                for i in 0..m {
+                    for j in 0..n {
+                        let exact: f64 =
+                            (0..k).map(|l| from_bf16(to_bf16(x[i * k + l])) as f64 * p.get(j, l) as f64).sum();
+                        let tol = 1e-5 * (k as f64).sqrt() * 4.0;
+                        assert!(
+                            (y[i * n + j] as f64 - exact).abs() < tol,
+                            "{kernel:?} ({m},{n},{k}) [{i},{j}]: {} vs {exact}",
+                            y[i * n + j]
+                        );
+                    }
                 }
             }
         }

@@ -128,7 +128,7 @@ impl Bf16Weight {
 }
 
 /// x [.., k] · Wᵀ (or, `transposed`, x [.., n] · W) with x rounded to bf16 and f32 sums, on AMX
-/// tiles where present. Backward: the gradient of the input only, through the other packing.
+/// tiles or AVX512-BF16 where present. Backward: the gradient of the input only, through the other packing.
 pub struct Bf16MatMul {
     pub w: std::sync::Arc<Bf16Weight>,
     pub transposed: bool,

@@ -15,7 +15,7 @@ pub enum WeightMode {
     Quantized,
     /// Dequantized to a dense tensor of this dtype (reference runs, finite-difference tests).
     Dense(DType),
-    /// Rounded to bf16 and packed for AMX tiles (training: activations stay f32, the frozen
+    /// Rounded to bf16 and packed in AMX tile order (training: activations stay f32, the frozen
     /// products run in bf16 with f32 sums; [`super::bf16`]).
     Bf16,
 }

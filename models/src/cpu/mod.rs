@@ -5,7 +5,7 @@
 //! - [`ops`]: decoder ops built from candle's recorded (differentiable) tensor ops;
 //! - [`qmatmul`] and [`fused`]: quantized matmul and RMSNorm with ggml's exact arithmetic, as
 //!   candle custom ops with backward passes;
-//! - [`bf16`]: bf16 products of frozen weights on AMX tiles (training);
+//! - [`bf16`]: bf16 products of frozen weights on AMX tiles or AVX512-BF16 (training);
 //! - [`cache`]: the KV cache; [`sampling`]: greedy / temperature / top-k / top-p.
 
 pub mod bf16;

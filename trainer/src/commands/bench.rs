@@ -220,7 +220,7 @@ fn train(args: BenchArgs, g: &Global) -> Result<()> {
     if args.json {
         println!(
             "{}",
-            json!({"threads": threads, "base_weights": args.base_weights, "amx": vigil_models::cpu::bf16::amx_available(), "seq": args.seq, "batch": args.batch, "rank": args.rank, "lora_params": params,
+            json!({"threads": threads, "base_weights": args.base_weights, "bf16_kernel": vigil_models::cpu::bf16::kernel().name(), "seq": args.seq, "batch": args.batch, "rank": args.rank, "lora_params": params,
                    "tok_s": tok_s, "peak_rss_gb": peak, "peft_tok_s": PEFT_TOK_S, "peft_peak_gb": PEFT_PEAK_GB,
                    "speed_ratio": tok_s / PEFT_TOK_S, "memory_ratio": peak.map(|p| p / PEFT_PEAK_GB)})
         );
@@ -232,10 +232,9 @@ fn train(args: BenchArgs, g: &Global) -> Result<()> {
             args.seq,
             args.batch,
             match args.base_weights.as_str() {
-                "quantized" => "quantized (QLoRA)",
-                "bf16" if vigil_models::cpu::bf16::amx_available() => "bf16 on AMX tiles (activations, LoRA and optimizer f32)",
-                "bf16" => "bf16 (no AMX here: f32 products of bf16 values)",
-                _ => "dequantized f32 (all arithmetic fp32, as the anchor)",
+                "quantized" => "quantized (QLoRA)".to_string(),
+                "bf16" => format!("bf16 on {} (activations, LoRA and optimizer f32)", vigil_models::cpu::bf16::kernel().name()),
+                _ => "dequantized f32 (all arithmetic fp32, as the anchor)".into(),
             },
             args.steps.max(1)
         );

@@ -31,7 +31,7 @@ pub struct TrainConfig {
     pub dropout: f32,
     /// GGUF projection names: attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down.
     pub targets: Vec<String>,
-    /// Base weights: "f32" (dequantized), "bf16" (rounded to bf16; fastest on CPUs with AMX tiles),
+    /// Base weights: "f32" (dequantized), "bf16" (rounded to bf16; fastest on CPUs with AMX tiles or AVX512-BF16),
     /// "quantized" (QLoRA: as stored in the GGUF).
     pub base_weights: String,
 
