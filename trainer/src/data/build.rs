@@ -112,6 +112,7 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
         } else {
             format!("authored_harmful/{}", e.kind)
         };
+        let steps = reasoning::authored_steps(&e.text, e.steps);
         drafts.push(Draft {
             item: Item {
                 id: format!("authored-{}-{}", e.family, hash8(&key)),
@@ -119,7 +120,7 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
                 response: None,
                 label: e.label,
                 policies: e.policies,
-                reasoning: e.steps,
+                reasoning: steps,
                 source: "authored".into(),
                 licence: "Apache-2.0".into(),
                 kind,

@@ -324,9 +324,10 @@ pub fn markdown(s: &Stats, b: &Built) -> String {
 
     t.push_str("## Reasoning traces\n\n");
     t.push_str(
-        "Every item carries 2–4 steps. Source items get templated steps that quote the content, say what it seeks\n\
-         read as meant (real harm, not a figure of speech or a technical term) and cite each policy's definition, then\n\
-         state the verdict; authored families carry steps written with the family (same slots as the text).\n\
+        "Every item carries 2–4 steps. A request without a response opens alike whatever its source: the quote, then\n\
+         \"Read as meant, the user …\" (so the opening tells neither the source nor the label). Source items\n\
+         then say what it seeks (real harm, not a figure of speech or a technical term) and cite each policy's\n\
+         definition; authored families add their own paraphrase and steps (same slots as the text). Then the verdict.\n\
          `vigil data traces --endpoint URL --model NAME` replaces them with\n\
          a teacher model's reasoning (kept only when its verdict matches the label); `vigil data traces --bootstrap\n\
          ADAPTER` does the same with a trained vigil model.\n\n",
