@@ -261,6 +261,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: bool,
     /// Stop after this many optimizer steps in total (a checkpoint is written; --resume goes on).
+    /// A run already at that step trains nothing and redraws its loss curve up to it.
     #[arg(long)]
     pub stop_after: Option<u64>,
     /// Print the resolved config and exit.

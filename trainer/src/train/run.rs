@@ -61,7 +61,8 @@ pub type OnStep<'a> = &'a mut dyn FnMut(&Metrics, u64);
 pub struct Hooks<'a> {
     /// Called after each optimizer step.
     pub on_step: Option<OnStep<'a>>,
-    /// Stop (as if interrupted) after this many optimizer steps in total, leaving a checkpoint.
+    /// Stop (as if interrupted) after this many optimizer steps in total, leaving a checkpoint;
+    /// a run already there trains no further step.
     pub stop_after: Option<u64>,
 }
 
@@ -514,6 +515,11 @@ impl Trainer {
                 };
                 writeln!(log, "{}", serde_json::to_string(&m)?)?;
             }
+        }
+        // a run resumed at or past its stop trains nothing: it only redraws the curve to its step
+        if hooks.stop_after.is_some_and(|s| self.step >= s) && self.step < self.total_steps {
+            super::plot::loss_curve(&self.metrics(), &self.dir.join("loss.svg"))?;
+            return Ok(None);
         }
         while self.step < self.total_steps {
             let t0 = Instant::now();
