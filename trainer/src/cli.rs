@@ -298,7 +298,8 @@ pub struct ConfigArgs {
 #[derive(Subcommand, Debug)]
 pub enum DpoCommand {
     /// Sample k answers per item with the R-SFT adapter; keep items with 1…k−1 right verdicts as
-    /// (longest right, longest wrong) pairs. Resumable: finished ids are skipped.
+    /// (longest right, longest wrong) pairs; with --gold, pair the item's own trace with any wrong
+    /// answer. Resumable: finished ids are skipped.
     Mine(DpoMineArgs),
     /// Train DPO (sigmoid loss + α·NLL of the chosen answer) from the R-SFT adapter on mined pairs.
     Train(DpoTrainArgs),
@@ -318,8 +319,13 @@ pub struct DpoMineArgs {
     /// Hard pairs out (appended); easy items go to OUT.easy.jsonl.
     #[arg(long, short = 'o')]
     pub out: PathBuf,
+    /// Answers per item.
     #[arg(short, long, default_value_t = 4)]
     pub k: usize,
+    /// The item's own reasoning trace is the chosen answer: an item is hard when any answer is
+    /// wrong (with `-k 1 --temperature 0`, when the greedy answer is).
+    #[arg(long)]
+    pub gold: bool,
     #[arg(long, default_value_t = 0.7)]
     pub temperature: f32,
     #[arg(long, default_value_t = 0.95)]

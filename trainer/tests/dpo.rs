@@ -50,7 +50,7 @@ fn mining_keeps_mixed_items_and_resumes() {
         })
     };
     let out = tmp.path().join("pairs.jsonl");
-    let t = dpo::mine(&items, 4, &out, sample, |_| {}).unwrap();
+    let t = dpo::mine(&items, 4, dpo::Chosen::Sampled, &out, sample, |_| {}).unwrap();
     assert_eq!((t.hard, t.easy, t.skipped), (1, 2, 0));
     assert_eq!(calls.get(), 12);
     let pairs: Vec<DpoPair> = vigil_trainer::data::read_jsonl(&out).unwrap();
@@ -59,9 +59,42 @@ fn mining_keeps_mixed_items_and_resumes() {
         (pairs[0].chosen.as_str(), pairs[0].rejected.as_str(), pairs[0].weight),
         (RIGHT_SAFE, WRONG_UNSAFE, 1.2)
     );
-    let t = dpo::mine(&items, 4, &out, sample, |_| {}).unwrap();
+    let t = dpo::mine(&items, 4, dpo::Chosen::Sampled, &out, sample, |_| {}).unwrap();
     assert_eq!((t.hard, t.easy, t.skipped), (0, 0, 3));
     assert_eq!(calls.get(), 12, "finished items are not sampled again");
+}
+
+#[test]
+fn gold_mining_pairs_the_trace_with_each_wrong_greedy_answer() {
+    let tmp = TempDir::new("dpo-mine-gold");
+    let mut right = item("right", Label::Safe, vec![]);
+    let mut wrong = item("wrong", Label::Safe, vec![]);
+    let mut policy = item("policy", Label::Unsafe, vec![Policy::Harassment]);
+    for it in [&mut right, &mut wrong, &mut policy] {
+        it.reasoning = vec![format!("The user writes: \"{}\".", it.text), "Read as meant, it is what it is.".into()];
+    }
+    let items = vec![right, wrong, policy];
+    let sample = |it: &Item, j: usize| {
+        assert_eq!(j, 0, "k = 1 asks one answer per item");
+        Ok(match it.id.as_str() {
+            "right" => RIGHT_SAFE.to_string(),
+            "wrong" => WRONG_UNSAFE.to_string(),
+            _ => WRONG_UNSAFE.to_string(), // UNSAFE, but the wrong policy
+        })
+    };
+    let out = tmp.path().join("pairs.jsonl");
+    assert!(dpo::mine(&items, 1, dpo::Chosen::Sampled, &out, sample, |_| {}).is_err(), "k = 1 needs the gold trace");
+    let t = dpo::mine(&items, 1, dpo::Chosen::Gold, &out, sample, |_| {}).unwrap();
+    assert_eq!((t.hard, t.easy, t.skipped), (2, 1, 0));
+    let pairs: Vec<DpoPair> = vigil_trainer::data::read_jsonl(&out).unwrap();
+    assert_eq!(pairs.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["wrong", "policy"]);
+    for (p, it) in pairs.iter().zip(&items[1..]) {
+        assert_eq!(p.rejected, WRONG_UNSAFE);
+        assert_eq!(p.chosen, dpo::gold_answer(it));
+        assert!(dpo::is_correct(it, &p.chosen), "the gold answer states the item's verdict: {}", p.chosen);
+        assert!(p.chosen.contains("Step 2: Read as meant"), "{}", p.chosen);
+        assert_eq!((p.correct, p.k, p.weight), (0, 1, 1.0));
+    }
 }
 
 #[test]

@@ -184,6 +184,7 @@ pub fn dpo(c: crate::cli::DpoCommand) -> Result<()> {
             let t = dpo::mine(
                 &items,
                 a.k,
+                if a.gold { dpo::Chosen::Gold } else { dpo::Chosen::Sampled },
                 &a.out,
                 |it, j| {
                     let mut opts = ClassifyOptions {

@@ -3,6 +3,10 @@
 //!   1 … k−1 of them give the right verdict (label and policy set); the longest right answer is
 //!   `chosen`, the longest wrong one `rejected`; weight = (#wrong − #right) rescaled from
 //!   [−(k−2), k−2] to [0.8, 1.2]. Append-only and resumable (easy items go to `OUT.easy.jsonl`).
+//!   With `Chosen::Gold` the item's own reasoning trace (the R-SFT target) is the right answer: an
+//!   item is hard when any of its k answers (k = 1: the greedy one) is wrong, that answer is
+//!   `rejected`, and the weight counts the gold trace as one more right answer. It needs a single
+//!   generation per item instead of k, so a CPU can mine the model's mistakes in minutes.
 //! - **loss** per pair: w · (−log σ(β · ((π_c − ref_c) − (π_r − ref_r))) + α · NLL(chosen)), with
 //!   π and ref the answer's log-probability summed over its tokens (end of turn included) under the
 //!   policy and the reference, NLL the chosen answer's mean token cross-entropy. The reference is
@@ -92,6 +96,37 @@ pub fn hard_pair(item: &Item, answers: &[String]) -> Option<DpoPair> {
     })
 }
 
+/// Where a pair's right answer comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chosen {
+    /// The longest right one of the k sampled answers (GuardReasoner's HS-DPO).
+    Sampled,
+    /// The item's own reasoning trace, rendered as the guard answer the SFT stage trained on.
+    Gold,
+}
+
+/// The item's reasoning trace as the all-policies R-SFT answer.
+pub fn gold_answer(item: &Item) -> String {
+    guard::format::render(OutputFormat::Rsft, Mode::AllPolicies, item.label, &item.policies, &item.reasoning, None)
+}
+
+/// The pair of an item the model got wrong at least once: the gold answer against the longest
+/// wrong one; `None` when every answer is right.
+pub fn gold_pair(item: &Item, answers: &[String]) -> Option<DpoPair> {
+    let correct = answers.iter().filter(|a| is_correct(item, a)).count();
+    let rejected = answers.iter().filter(|a| !is_correct(item, a)).max_by_key(|a| a.chars().count())?;
+    Some(DpoPair {
+        id: item.id.clone(),
+        text: item.text.clone(),
+        response: item.response.clone(),
+        chosen: gold_answer(item),
+        rejected: rejected.clone(),
+        weight: weight(correct + 1, answers.len() + 1),
+        correct,
+        k: answers.len(),
+    })
+}
+
 /// `OUT.easy.jsonl` next to `OUT`: items whose k answers were all right or all wrong.
 pub fn easy_path(out: &Path) -> PathBuf {
     let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
@@ -109,12 +144,16 @@ pub struct MineTally {
 pub fn mine(
     items: &[Item],
     k: usize,
+    chosen: Chosen,
     out: &Path,
     mut sample: impl FnMut(&Item, usize) -> Result<String>,
     mut progress: impl FnMut(&MineTally),
 ) -> Result<MineTally> {
-    if k < 2 {
-        bail!("k = {k}: hard samples need at least two answers per item");
+    if k < 2 && chosen == Chosen::Sampled {
+        bail!("k = {k}: hard samples need at least two answers per item (or the gold trace as the right one)");
+    }
+    if k == 0 {
+        bail!("k = 0: mining needs at least one answer per item");
     }
     let easy = easy_path(out);
     let mut done = crate::data::done_ids(out)?;
@@ -127,7 +166,11 @@ pub fn mine(
         }
         let answers: Vec<String> =
             (0..k).map(|j| sample(item, j)).collect::<Result<_>>().with_context(|| format!("sampling {}", item.id))?;
-        match hard_pair(item, &answers) {
+        let pair = match chosen {
+            Chosen::Sampled => hard_pair(item, &answers),
+            Chosen::Gold => gold_pair(item, &answers),
+        };
+        match pair {
             Some(p) => {
                 crate::data::append_line(out, &p)?;
                 t.hard += 1;
