@@ -367,6 +367,10 @@ pub struct DpoTrainArgs {
     pub pairs_per_step: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// How the frozen base weights are held: `bf16` (fastest where the CPU has AVX512-BF16 or AMX),
+    /// `f32` (dequantized) or `quantized` (QLoRA).
+    #[arg(long, default_value = "bf16", value_parser = ["f32", "bf16", "quantized"])]
+    pub base_weights: String,
 }
 
 #[derive(Args, Debug)]

@@ -145,9 +145,13 @@ fn dpo_raises_the_margin_and_caches_the_reference() {
     assert_eq!(metrics.lines().count(), 8);
 
     // a second run in the same directory reads the cached reference
-    let again = dpo::Dpo::prepare(cfg, &model, &sft, &pairs, &dir).unwrap();
+    let again = dpo::Dpo::prepare(cfg.clone(), &model, &sft, &pairs, &dir).unwrap();
     assert_eq!(again.reference_computed, 0);
     assert_eq!(again.reference, d.reference);
+    // … but not one computed on other base weights
+    assert_eq!(cfg.base_weights, "bf16");
+    let f32_run = DpoConfig { base_weights: "f32".into(), ..cfg };
+    assert_eq!(dpo::Dpo::prepare(f32_run, &model, &sft, &pairs, &dir).unwrap().reference_computed, 6);
 }
 
 #[test]
@@ -215,7 +219,8 @@ fn dpo_gradient_matches_finite_differences() {
         correct: 1,
         k: 4,
     };
-    let cfg = DpoConfig { beta: 2.0, alpha: 0.5, max_len: 4096, ..DpoConfig::default() };
+    // dequantized f32 base weights: finite differences need exact products (bf16 rounds the inputs)
+    let cfg = DpoConfig { beta: 2.0, alpha: 0.5, max_len: 4096, base_weights: "f32".into(), ..DpoConfig::default() };
     let mut d = dpo::Dpo::prepare(cfg, &model, &sft, &[pair], &tmp.path().join("run")).unwrap();
     // move the policy off the reference so the sigmoid term has a slope of its own
     for p in d.lora.params.iter_mut() {

@@ -216,21 +216,31 @@ pub fn dpo(c: crate::cli::DpoCommand) -> Result<()> {
                 max_steps: a.max_steps,
                 pairs_per_step: a.pairs_per_step,
                 seed: a.seed,
+                base_weights: a.base_weights.clone(),
                 ..dpo::DpoConfig::default()
             };
+            let started = std::time::Instant::now();
             let mut d = dpo::Dpo::prepare(cfg, &base, &adapter, &pairs, &a.out)?;
             eprintln!(
-                "vigil: {} pairs, {} steps; reference log-probs: {} computed, {} cached",
+                "vigil: {} pairs, {} steps; reference log-probs: {} computed, {} cached ({:.1} s with loading)",
                 d.pairs.len(),
                 d.total_steps,
                 d.reference_computed,
-                d.pairs.len() - d.reference_computed
+                d.pairs.len() - d.reference_computed,
+                started.elapsed().as_secs_f64()
             );
+            let mut last = std::time::Instant::now();
             let out = d.run(|m| {
                 eprintln!(
-                    "step {}: loss {:.4} margin {:+.3} accuracy {:.2} lr {:.2e}",
-                    m.step, m.loss, m.margin, m.accuracy, m.lr
-                )
+                    "step {}: loss {:.4} margin {:+.3} accuracy {:.2} lr {:.2e} ({:.1} s)",
+                    m.step,
+                    m.loss,
+                    m.margin,
+                    m.accuracy,
+                    m.lr,
+                    last.elapsed().as_secs_f64()
+                );
+                last = std::time::Instant::now();
             })?;
             eprintln!("vigil: done. adapter {}", out.display());
             Ok(())

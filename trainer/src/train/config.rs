@@ -197,8 +197,8 @@ impl TrainConfig {
         if vigil_models::guard::OutputFormat::from_name(&self.format).is_none() {
             return bad(format!("format `{}` (rsft or dual-stream)", self.format));
         }
-        if !matches!(self.base_weights.as_str(), "f32" | "bf16" | "quantized") {
-            return bad(format!("base_weights `{}` (f32, bf16 or quantized)", self.base_weights));
+        if let Err(e) = weight_mode(&self.base_weights) {
+            return bad(e.to_string());
         }
         if !super::rho::CONDITIONS.contains(&self.rho_condition.as_str()) {
             return bad(format!("rho_condition `{}` ({})", self.rho_condition, super::rho::CONDITIONS.join(", ")));
@@ -237,6 +237,17 @@ impl TrainConfig {
 /// `p` without `..` and symlinks where it exists, else joined to the working directory.
 pub fn absolute(p: &Path) -> std::path::PathBuf {
     std::fs::canonicalize(p).or_else(|_| std::path::absolute(p)).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The base-weight mode a `base_weights` name selects: "f32", "bf16" or "quantized".
+pub fn weight_mode(name: &str) -> Result<vigil_models::cpu::WeightMode> {
+    use vigil_models::cpu::WeightMode;
+    Ok(match name {
+        "f32" => WeightMode::Dense(candle_core::DType::F32),
+        "bf16" => WeightMode::Bf16,
+        "quantized" => WeightMode::Quantized,
+        other => bail!("base_weights `{other}` (f32, bf16 or quantized)"),
+    })
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use vigil_models::chat::{ChatTemplate, Message};
-use vigil_models::cpu::{Llama, WeightMode};
+use vigil_models::cpu::Llama;
 use vigil_models::gguf::{GgmlType, Gguf};
 use vigil_models::guard::{self, GuardRequest, Mode, OutputFormat};
 use vigil_models::lora::LoraAdapter;
@@ -201,6 +201,9 @@ pub struct DpoConfig {
     pub max_grad_norm: f32,
     pub max_len: usize,
     pub seed: u64,
+    /// How the frozen base weights are held (as `train`'s `base_weights`): the reference and the
+    /// policy both run on them, so the cached reference log-probs are keyed by it too.
+    pub base_weights: String,
 }
 
 impl Default for DpoConfig {
@@ -216,6 +219,7 @@ impl Default for DpoConfig {
             max_grad_norm: 1.0,
             max_len: 1024,
             seed: 42,
+            base_weights: "bf16".into(),
         }
     }
 }
@@ -251,10 +255,22 @@ pub fn encode(pairs: &[DpoPair], tok: &Tokenizer, template: ChatTemplate, max_le
         .collect()
 }
 
-/// (summed log-prob of the answer tokens, mean token CE) as tensors.
-fn answer_logp(model: &Llama, ex: &Example) -> Result<(Tensor, Tensor)> {
-    let losses = model.target_losses(&ex.ids, &ex.mask)?;
-    Ok((losses.sum_all()?.neg()?, losses.mean_all()?))
+/// A pair's answer log-probs under `model` as tensors: (summed log-prob of the chosen answer,
+/// its mean token CE, summed log-prob of the rejected answer). Both sequences run as one packed
+/// pass, so the prompt they share is computed once.
+fn pair_logps(model: &Llama, p: &EncodedPair) -> Result<(Tensor, Tensor, Tensor)> {
+    let (c, r) = (&p.chosen, &p.rejected);
+    let prefix = super::run::shared_prefix(&[c, r]);
+    let losses = if prefix > 0 {
+        model.packed_target_losses(&[(&c.ids, &c.mask), (&r.ids, &r.mask)], prefix)?
+    } else {
+        Tensor::cat(&[model.target_losses(&c.ids, &c.mask)?, model.target_losses(&r.ids, &r.mask)?], 0)?
+    };
+    // one loss per target token, the chosen answer's first
+    let n_chosen = c.mask.iter().skip(1).filter(|&&m| m).count();
+    let n_rejected = losses.dim(0)? - n_chosen;
+    let (lc, lr) = (losses.narrow(0, 0, n_chosen)?, losses.narrow(0, n_chosen, n_rejected)?);
+    Ok((lc.sum_all()?.neg()?, lc.mean_all()?, lr.sum_all()?.neg()?))
 }
 
 /// −log σ(x), stable for any sign: relu(−x) + log(1 + exp(−|x|)).
@@ -311,13 +327,20 @@ impl Dpo {
         let tok = Tokenizer::from_gguf(&g)?;
         let template = ChatTemplate::detect(&g)?;
         let enc = encode(pairs, &tok, template, cfg.max_len)?;
-        let mut model = Llama::load(&g, WeightMode::Dense(candle_core::DType::F32), &Device::Cpu)?;
+        let mut model = Llama::load(&g, super::config::weight_mode(&cfg.base_weights)?, &Device::Cpu)?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
 
-        // reference: the R-SFT model, frozen; cached by pair id and answer tokens
+        // the R-SFT adapter, trainable from here on
+        let lora = LoraParams::from_adapter(&model, sft_adapter)?;
+        lora.attach(&mut model, 0.0)?;
+
+        // reference: the R-SFT model before any step, run through the very ops the policy's
+        // training passes use (with bf16 base weights, the no-gradient ops round differently
+        // enough to shift a margin by ~0.1); cached by base weights, pair id and answer tokens
         let key = |p: &EncodedPair| {
             use sha2::{Digest, Sha256};
             let mut h = Sha256::new();
+            h.update(cfg.base_weights.as_bytes());
             h.update(p.id.as_bytes());
             for id in p.chosen.ids.iter().chain([u32::MAX].iter()).chain(&p.rejected.ids) {
                 h.update(id.to_le_bytes());
@@ -328,24 +351,19 @@ impl Dpo {
         let mut cache: HashMap<String, (f64, f64)> =
             std::fs::read_to_string(&cache_path).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
         let mut computed = 0;
-        if enc.iter().any(|p| !cache.contains_key(&key(p))) {
-            model.set_adapter(Some(sft_adapter))?;
-            for p in &enc {
-                if cache.contains_key(&key(p)) {
-                    continue;
-                }
-                let c = answer_logp(&model, &p.chosen)?.0.to_scalar::<f32>()? as f64;
-                let r = answer_logp(&model, &p.rejected)?.0.to_scalar::<f32>()? as f64;
-                cache.insert(key(p), (c, r));
-                computed += 1;
+        for p in &enc {
+            if cache.contains_key(&key(p)) {
+                continue;
             }
-            model.set_adapter(None)?;
+            let (c, _, r) = pair_logps(&model, p)?;
+            cache.insert(key(p), (c.to_scalar::<f32>()? as f64, r.to_scalar::<f32>()? as f64));
+            computed += 1;
+        }
+        if computed > 0 {
             crate::data::write_file(&cache_path, serde_json::to_string(&cache)?.as_bytes())?;
         }
         let reference = enc.iter().map(|p| cache[&key(p)]).collect();
 
-        let lora = LoraParams::from_adapter(&model, sft_adapter)?;
-        lora.attach(&mut model, 0.0)?;
         let moments = lora.params.iter().map(|p| Moments::new(p.value.len(), false)).collect();
         let per_epoch = enc.len().div_ceil(cfg.pairs_per_step) as u64;
         let total_steps = if cfg.max_steps > 0 {
@@ -383,9 +401,8 @@ impl Dpo {
             .iter()
             .zip(&self.reference)
             .map(|(p, (rc, rr))| {
-                let c = answer_logp(&self.model, &p.chosen)?.0.to_scalar::<f32>()? as f64;
-                let r = answer_logp(&self.model, &p.rejected)?.0.to_scalar::<f32>()? as f64;
-                Ok((c - rc) - (r - rr))
+                let (c, _, r) = pair_logps(&self.model, p)?;
+                Ok((c.to_scalar::<f32>()? as f64 - rc) - (r.to_scalar::<f32>()? as f64 - rr))
             })
             .collect()
     }
@@ -394,8 +411,7 @@ impl Dpo {
     pub fn pair_loss(&self, i: usize) -> Result<(Tensor, f64)> {
         let p = &self.pairs[i];
         let (rc, rr) = self.reference[i];
-        let (pc, nll) = answer_logp(&self.model, &p.chosen)?;
-        let (pr, _) = answer_logp(&self.model, &p.rejected)?;
+        let (pc, nll, pr) = pair_logps(&self.model, p)?;
         let margin = ((pc - rc)? - (pr - rr)?)?;
         let m = margin.to_scalar::<f32>()? as f64;
         let dpo = neg_log_sigmoid(&(margin * self.cfg.beta as f64)?)?;

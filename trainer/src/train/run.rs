@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vigil_models::chat::ChatTemplate;
-use vigil_models::cpu::{Llama, WeightMode};
+use vigil_models::cpu::Llama;
 use vigil_models::gguf::{GgmlType, Gguf};
 use vigil_models::guard::OutputFormat;
 use vigil_models::tokenizer::Tokenizer;
@@ -133,7 +133,7 @@ const MIN_SHARED_PREFIX: usize = 16;
 const EVAL_PACK: usize = 8;
 
 /// The longest prefix `exs` share that holds no target and leaves each sequence a token after it.
-fn shared_prefix(exs: &[&Example]) -> usize {
+pub(crate) fn shared_prefix(exs: &[&Example]) -> usize {
     let first = &exs[0].ids;
     exs.iter()
         .map(|e| {
@@ -212,12 +212,7 @@ impl Trainer {
         dir: &Path,
     ) -> Result<Self> {
         cfg.check()?;
-        let mode = match cfg.base_weights.as_str() {
-            "quantized" => WeightMode::Quantized,
-            "bf16" => WeightMode::Bf16,
-            _ => WeightMode::Dense(candle_core::DType::F32),
-        };
-        let mut model = Llama::load(g, mode, &Device::Cpu)?;
+        let mut model = Llama::load(g, super::config::weight_mode(&cfg.base_weights)?, &Device::Cpu)?;
         let lora = LoraParams::init(&model, &cfg.targets, cfg.rank, cfg.alpha, cfg.seed)?;
         lora.attach(&mut model, cfg.dropout)?;
         let moments = lora.params.iter().map(|p| Moments::new(p.value.len(), cfg.adam_8bit)).collect();
