@@ -16,6 +16,12 @@ fn main() {
         .or_else(|| std::env::var("RAYON_NUM_THREADS").ok()?.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    // candle's worker threads spin 25,000 rounds after each of its ops before they park; between
+    // vigil's own kernels that spinning takes the core vigil's thread team needs (2 threads
+    // trained no faster than 1). A short spin: `vigil bench train` 221 → ~300 tok/s on 2 cores.
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "500");
+    }
     std::env::set_var("VIGIL_THREADS", threads.to_string());
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     let result = match cli.command {
