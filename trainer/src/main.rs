@@ -18,7 +18,8 @@ fn main() {
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     // candle's worker threads spin 25,000 rounds after each of its ops before they park; between
     // vigil's own kernels that spinning takes the core vigil's thread team needs (2 threads
-    // trained no faster than 1). A short spin: `vigil bench train` 221 → ~300 tok/s on 2 cores.
+    // trained no faster than 1). A short spin: `vigil bench train` 221 → ~300 tok/s on 2 cores
+    // (a `vigil train` run on guard data, packed over shared prompts, showed no change either way).
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "500");
     }
