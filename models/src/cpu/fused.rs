@@ -176,7 +176,7 @@ impl CustomOp1 for RmsNorm {
         let mut y = vec![0f32; x.len()];
         par_rows(&mut y, n, &|r, yr| {
             let xr = &x[r * n..(r + 1) * n];
-            let scale = self.row_scale(xr);
+            let scale = rms_scale(xr, self.eps);
             for ((o, &v), &w) in yr.iter_mut().zip(xr).zip(&self.w) {
                 *o = (v * scale) * w;
             }
@@ -199,13 +199,11 @@ impl CustomOp1 for RmsNorm {
     }
 }
 
-impl RmsNorm {
-    /// r = (mean(x²) + eps)^-½ of one row, the squares summed in f64 in order (as ggml does).
-    fn row_scale(&self, xr: &[f32]) -> f32 {
-        let sum: f64 = xr.iter().map(|&v| (v * v) as f64).sum();
-        let mean = (sum / xr.len() as f64) as f32;
-        1.0 / (mean + self.eps).sqrt()
-    }
+/// r = (mean(x²) + eps)^-½ of one row, the squares summed in f64 in order (as ggml does).
+fn rms_scale(xr: &[f32], eps: f32) -> f32 {
+    let sum: f64 = xr.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (sum / xr.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
 }
 
 /// The RMSNorm input gradient from (x, g), row by row: dx = r·(g·w) − x·r³·mean(x·g·w).
@@ -224,11 +222,10 @@ impl CustomOp2 for RmsNormGrad {
             candle_core::bail!("rms-norm-grad: x {:?} and g {:?} must match and end in {n}", l1.dims(), l2.dims());
         }
         let (x, g) = (f32_input(s1, l1, self.name())?, f32_input(s2, l2, self.name())?);
-        let norm = RmsNorm { w: Vec::new(), eps: self.eps };
         let mut d = vec![0f32; x.len()];
         par_rows(&mut d, n, &|r, dr| {
             let (xr, gr) = (&x[r * n..(r + 1) * n], &g[r * n..(r + 1) * n]);
-            let scale = norm.row_scale(xr);
+            let scale = rms_scale(xr, self.eps);
             let xgw: f64 = xr.iter().zip(gr).zip(&self.w).map(|((&xv, &gv), &w)| (xv * gv * w) as f64).sum();
             let c = scale * scale * scale * (xgw / n as f64) as f32;
             for (((o, &xv), &gv), &w) in dr.iter_mut().zip(xr).zip(gr).zip(&self.w) {

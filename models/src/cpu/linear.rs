@@ -80,8 +80,8 @@ impl Dropout {
     }
 }
 
-/// `out[j]` = `keep` or 0 for element `start + j`: splitmix64 over (`base`, index) — cheap,
-/// seekable (any chunk alone gives the same values), well mixed.
+/// `out[j]` = `keep` or 0 for element `start + j`: splitmix64 over (`base` = seed ⊕ FNV-1a(layer
+/// name), index) — cheap, seekable (any chunk alone gives the same values), well mixed.
 #[inline(always)]
 fn mask_values(out: &mut [f32], start: u64, base: u64, threshold: u32, keep: f32) {
     for (j, o) in out.iter_mut().enumerate() {
@@ -308,7 +308,7 @@ mod tests {
         let name = "blk.0.attn_q.weight"
             .bytes()
             .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
-        let threshold = (0.05f64 * u32::MAX as f64) as u32;
+        let threshold = (0.05f32 as f64 * u32::MAX as f64) as u32;
         let keep = 1.0 / (1.0 - 0.05f32);
         let mut want = vec![0f32; n];
         mask_values(&mut want, 0, 7 ^ name, threshold, keep);
@@ -316,8 +316,10 @@ mod tests {
         let mut tail = vec![0f32; 500];
         mask_values(&mut tail, (n - 500) as u64, 7 ^ name, threshold, keep);
         assert_eq!(&got[n - 500..], &tail[..], "a chunk alone gives the stream's values");
-        let dropped = got.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
-        assert!((dropped - 0.05).abs() < 0.01, "dropped {dropped}");
         assert!(got.iter().all(|&v| v == 0.0 || v == keep));
+        // the stream itself, from an independent (Python) splitmix64: runs and resumes depend on it
+        let dropped: Vec<usize> = (0..n).filter(|&i| got[i] == 0.0).collect();
+        assert_eq!(dropped.len(), 2471);
+        assert_eq!(dropped[..8], [7, 92, 113, 115, 137, 156, 224, 234]);
     }
 }
