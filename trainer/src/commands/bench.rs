@@ -175,6 +175,45 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Multiply-adds ×2 per trained token of one LoRA step: the forward products and the input
+/// gradients of every frozen projection and the head (2 + 2 flops per weight), the LoRA branches
+/// (forward, input and weight gradients: 6 per weight), and attention over `seq` positions
+/// (q·kᵀ and p·v forward, twice that backward, computed whole as the kernels do).
+fn train_flops_per_token(cfg: &vigil_models::arch::ArchConfig, lora_params: usize, seq: usize) -> f64 {
+    let (d, q, kv) = (cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim);
+    let per_layer = d * q + 2 * d * kv + q * d + 3 * d * cfg.n_ff;
+    let frozen = (cfg.n_layer * per_layer + cfg.vocab_size * d) as f64;
+    let attention = (cfg.n_layer * 12 * seq * q) as f64;
+    4.0 * frozen + 6.0 * lora_params as f64 + attention
+}
+
+/// The best rate of the step's product kernel (bf16 weights: vigil's; else candle's f32 matmul) on a projection-shaped product (x [2048, k] ·
+/// Wᵀ, W [n, k] from the model's feed-forward): what the whole step could reach if it were all
+/// matmul at full speed.
+fn product_peak_gflops(cfg: &vigil_models::arch::ArchConfig, base_weights: &str) -> Result<f64> {
+    use candle_core::{Device, Tensor};
+    let (m, k, n) = (2048, cfg.n_embd, cfg.n_ff);
+    let x = vigil_models::testing::randn(&[m, k], 1.0, 1);
+    let w = vigil_models::testing::randn(&[n, k], 0.05, 2);
+    let run: Box<dyn Fn() -> Result<Tensor>> = if base_weights == "bf16" {
+        let wv = w.flatten_all()?.to_vec1::<f32>()?;
+        let packed = std::sync::Arc::new(vigil_models::cpu::fused::Bf16Weight::new(&wv, n, k));
+        Box::new(
+            move || Ok(x.apply_op1(vigil_models::cpu::fused::Bf16MatMul { w: packed.clone(), transposed: false })?),
+        )
+    } else {
+        let wt = w.t()?.contiguous()?.to_device(&Device::Cpu)?;
+        Box::new(move || Ok(x.matmul(&wt)?))
+    };
+    let mut best = f64::MAX;
+    for _ in 0..6 {
+        let t0 = std::time::Instant::now();
+        let _ = run()?;
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
+}
+
 /// `vigil bench train`: optimizer steps of `--batch` sequences of `--seq` tokens (every token a
 /// target) on the base model, through the trainer's own step; tokens/s and peak RSS.
 fn train(args: BenchArgs, g: &Global) -> Result<()> {
@@ -217,12 +256,17 @@ fn train(args: BenchArgs, g: &Global) -> Result<()> {
     let tok_s = median(speeds);
     let peak = peak_rss().map(|b| b as f64 / 1e9);
     let params = t.lora.count();
+    let flops = train_flops_per_token(t.model.config(), params, args.seq);
+    let peak_gflops = product_peak_gflops(t.model.config(), &args.base_weights)?;
+    let need = 2.0 * PEFT_TOK_S * flops / 1e9;
     if args.json {
         println!(
             "{}",
             json!({"threads": threads, "base_weights": args.base_weights, "bf16_kernel": vigil_models::cpu::bf16::kernel().name(), "seq": args.seq, "batch": args.batch, "rank": args.rank, "lora_params": params,
                    "tok_s": tok_s, "peak_rss_gb": peak, "peft_tok_s": PEFT_TOK_S, "peft_peak_gb": PEFT_PEAK_GB,
-                   "speed_ratio": tok_s / PEFT_TOK_S, "memory_ratio": peak.map(|p| p / PEFT_PEAK_GB)})
+                   "speed_ratio": tok_s / PEFT_TOK_S, "memory_ratio": peak.map(|p| p / PEFT_PEAK_GB),
+                   "gflop_per_token": flops / 1e9, "gflops": tok_s * flops / 1e9, "product_peak_gflops": peak_gflops,
+                   "goal_gflops": need})
         );
     } else {
         println!(
@@ -246,7 +290,42 @@ fn train(args: BenchArgs, g: &Global) -> Result<()> {
             tok_s / PEFT_TOK_S,
             peak.map_or("?".into(), |p| format!("{:.2}×", p / PEFT_PEAK_GB))
         );
+        println!(
+            "work: {:.2} GFLOP per token → vigil {:.0} GFLOP/s, the anchor {:.0}; the goal needs {:.0} GFLOP/s, \
+             {:.0} % of what {} reaches on a bare projection-sized product ({:.0} GFLOP/s)",
+            flops / 1e9,
+            tok_s * flops / 1e9,
+            PEFT_TOK_S * flops / 1e9,
+            need,
+            100.0 * need / peak_gflops,
+            if args.base_weights == "bf16" { "vigil's bf16 kernel" } else { "candle's f32 matmul" },
+            peak_gflops
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The per-token work counts each frozen projection and the head once: checked against the
+    /// weight tensors of a tiny model's GGUF.
+    #[test]
+    fn training_flops_count_every_frozen_weight() {
+        use vigil_models::gguf::{GgmlType, Gguf};
+        let g = Gguf::from_bytes("tiny", vigil_models::tiny::tiny_llama(GgmlType::F32, 1)).unwrap();
+        let cfg = vigil_models::arch::ArchConfig::from_gguf(&g).unwrap();
+        let projections = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+        let elems = |t: &vigil_models::gguf::TensorInfo| t.dims.iter().product::<u64>() as f64;
+        let mut frozen: f64 = g
+            .tensors()
+            .iter()
+            .filter(|t| projections.iter().any(|p| t.name.ends_with(&format!("{p}.weight"))))
+            .map(elems)
+            .sum();
+        frozen += elems(g.tensor("output.weight").or(g.tensor("token_embd.weight")).unwrap());
+        let (lora, seq) = (1000, 8);
+        let attention = (cfg.n_layer * 12 * seq * cfg.n_head * cfg.head_dim) as f64;
+        assert_eq!(super::train_flops_per_token(&cfg, lora, seq), 4.0 * frozen + 6.0 * lora as f64 + attention);
+    }
 }
