@@ -187,11 +187,11 @@ fn train_flops_per_token(cfg: &vigil_models::arch::ArchConfig, lora_params: usiz
     4.0 * frozen + 6.0 * lora_params as f64 + attention
 }
 
-/// The best rate of the step's product kernel (bf16 weights: vigil's; else candle's f32 matmul) on a projection-shaped product (x [2048, k] ·
-/// Wᵀ, W [n, k] from the model's feed-forward): what the whole step could reach if it were all
-/// matmul at full speed.
+/// The best rate of the step's product kernel (bf16 weights: vigil's; else candle's f32 matmul)
+/// on a projection-shaped product (x [2048, k] · Wᵀ, W [n, k] from the model's feed-forward):
+/// what the whole step could reach if it were all matmul at full speed.
 fn product_peak_gflops(cfg: &vigil_models::arch::ArchConfig, base_weights: &str) -> Result<f64> {
-    use candle_core::{Device, Tensor};
+    use candle_core::Tensor;
     let (m, k, n) = (2048, cfg.n_embd, cfg.n_ff);
     let x = vigil_models::testing::randn(&[m, k], 1.0, 1);
     let w = vigil_models::testing::randn(&[n, k], 0.05, 2);
@@ -202,7 +202,7 @@ fn product_peak_gflops(cfg: &vigil_models::arch::ArchConfig, base_weights: &str)
             move || Ok(x.apply_op1(vigil_models::cpu::fused::Bf16MatMul { w: packed.clone(), transposed: false })?),
         )
     } else {
-        let wt = w.t()?.contiguous()?.to_device(&Device::Cpu)?;
+        let wt = w.t()?.contiguous()?;
         Box::new(move || Ok(x.matmul(&wt)?))
     };
     let mut best = f64::MAX;
