@@ -121,6 +121,16 @@ impl Bf16Weight {
         Bf16Weight { fwd: super::bf16::PackedBf16::new(w, n, k), bwd: super::bf16::PackedBf16::transposed(w, n, k) }
     }
 
+    /// x [m, k] · Wᵀ → [m, n]
+    pub fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
+        self.fwd.matmul(x, m)
+    }
+
+    /// g [m, n] · W → [m, k]
+    pub fn input_grad(&self, g: &[f32], m: usize) -> Vec<f32> {
+        self.bwd.matmul(g, m)
+    }
+
     /// W [n, k] as a dense f32 tensor of its bf16 values.
     pub fn dense(&self, dev: &candle_core::Device) -> Result<Tensor> {
         Tensor::from_vec(self.fwd.to_f32(), (self.fwd.n, self.fwd.k), dev)

@@ -67,15 +67,25 @@ impl Dropout {
         self.p > 0.0 && self.seed.load(std::sync::atomic::Ordering::Relaxed) != Self::OFF
     }
 
-    fn mask(&self, layer: &str, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// The mask this layer draws now (`None` when dropout is off): splitmix64 over (seed ⊕
+    /// FNV-1a(layer name), element index).
+    pub fn spec(&self, layer: &str) -> Option<super::lora::MaskSpec> {
+        if !self.active() {
+            return None;
+        }
         let name = layer.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
-        let base = self.seed.load(std::sync::atomic::Ordering::Relaxed) ^ name;
-        let keep = 1.0 / (1.0 - self.p);
-        let threshold = (self.p as f64 * u32::MAX as f64) as u32;
+        Some(super::lora::MaskSpec {
+            base: self.seed.load(std::sync::atomic::Ordering::Relaxed) ^ name,
+            threshold: (self.p as f64 * u32::MAX as f64) as u32,
+            keep: 1.0 / (1.0 - self.p),
+        })
+    }
+
+    fn mask(&self, spec: &super::lora::MaskSpec, x: &Tensor) -> candle_core::Result<Tensor> {
         // A training step draws a mask over every LoRA input (~170 M values on SmolLM2 with guard
         // batches): split over the thread team, and vectorised where the CPU multiplies u64 lanes.
         let mut m = vec![0f32; x.elem_count()];
-        super::fused::par_chunks(&mut m, |start, out| fill_mask(out, start as u64, base, threshold, keep));
+        super::fused::par_chunks(&mut m, |start, out| spec.fill(start, out));
         Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(x.dtype())
     }
 }
@@ -92,7 +102,7 @@ fn mask_values(out: &mut [f32], start: u64, base: u64, threshold: u32, keep: f32
     }
 }
 
-fn fill_mask(out: &mut [f32], start: u64, base: u64, threshold: u32, keep: f32) {
+pub(crate) fn fill_mask(out: &mut [f32], start: u64, base: u64, threshold: u32, keep: f32) {
     #[cfg(target_arch = "x86_64")]
     {
         static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -201,6 +211,17 @@ impl Linear {
 
     /// x [.., in] → [.., out]
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.trained_lora(x)? {
+            Some(op) => {
+                let l = self.lora.as_ref().expect("trained_lora checks the branch");
+                x.contiguous()?.apply_op3(&l.a, &l.b, op)
+            }
+            None => self.composed(x),
+        }
+    }
+
+    /// The layer from candle's ops and the base's own op: y = base(x) + s·((x⊙m)·Aᵀ)·Bᵀ.
+    fn composed(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.base {
             BaseWeight::Ggml(w) if x.dtype() == DType::F32 => {
                 x.contiguous()?.apply_op1(super::fused::QMatMul(w.clone()))?
@@ -230,14 +251,41 @@ impl Linear {
         match &self.lora {
             None => Ok(y),
             Some(l) => {
-                let x = match &l.dropout {
-                    Some(d) if d.active() => (x * d.mask(&self.name, x)?)?,
-                    _ => x.clone(),
+                let x = match l.dropout.as_ref().and_then(|d| d.spec(&self.name)) {
+                    Some(spec) => (x * l.dropout.as_ref().unwrap().mask(&spec, x)?)?,
+                    None => x.clone(),
                 };
                 let delta = x.broadcast_matmul(&l.a.t()?)?.broadcast_matmul(&l.b.t()?)?;
                 y + (delta * l.scale)?
             }
         }
+    }
+
+    /// The fused op ([`super::lora`]) for a LoRA branch whose A or B is being trained: the layer in
+    /// one op, with far fewer temporaries than the composed forward and backward. A branch that
+    /// only runs (inference, evaluation) keeps the composed arithmetic that decoding is tested with.
+    fn trained_lora(&self, x: &Tensor) -> candle_core::Result<Option<super::lora::LoraMatMul>> {
+        let Some(l) = &self.lora else { return Ok(None) };
+        if !(l.a.track_op() || l.b.track_op()) || l.a.dtype() != x.dtype() || l.b.dtype() != x.dtype() {
+            return Ok(None);
+        }
+        use super::lora::Frozen;
+        let frozen = match (&self.base, x.dtype()) {
+            (BaseWeight::Ggml(w), DType::F32) => Frozen::Ggml(w.clone()),
+            (BaseWeight::Bf16(w), DType::F32) => Frozen::Bf16(w.clone()),
+            (BaseWeight::Dense(w), DType::F32 | DType::F64) => Frozen::Dense(w.to_dtype(x.dtype())?),
+            (BaseWeight::Quantized(q), DType::F32 | DType::F64) => Frozen::Dense(
+                match q {
+                    QMatMul::QTensor(t) => t.dequantize(x.device())?,
+                    QMatMul::Tensor(w) => w.clone(),
+                    QMatMul::TensorF16(w) => w.clone(),
+                }
+                .to_dtype(x.dtype())?,
+            ),
+            _ => return Ok(None),
+        };
+        let mask = l.dropout.as_ref().and_then(|d| d.spec(&self.name));
+        Ok(Some(super::lora::LoraMatMul { frozen, scale: l.scale, mask }))
     }
 
     /// Checks that a LoRA branch fits this layer: A [r, in], B [out, r].
@@ -298,13 +346,64 @@ pub(crate) fn check_dims(g: &Gguf, info: &TensorInfo, want: &[u64]) -> Result<()
 mod tests {
     use super::*;
 
+    /// A branch being trained runs as one op (cpu::lora): the same values and the same gradients
+    /// for x, A and B as the composed layer, on each kind of base, with dropout on and off.
+    #[test]
+    fn trained_lora_op_matches_the_composed_layer_and_its_gradients() {
+        use crate::testing::randn;
+        use candle_core::Var;
+        let (n, k, r) = (24, 40, 4);
+        for (dt, bf16, tol) in [(DType::F64, false, 1e-12), (DType::F32, false, 2e-5), (DType::F32, true, 2e-5)] {
+            for p in [0.0, 0.3] {
+                let w = randn(&[n, k], 0.2, 1);
+                let mut layer = if bf16 {
+                    let v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let base = BaseWeight::Bf16(std::sync::Arc::new(super::super::fused::Bf16Weight::new(&v, n, k)));
+                    Linear { name: "blk.0.ffn_up.weight".into(), in_dim: k, out_dim: n, base, lora: None }
+                } else {
+                    Linear::from_dense("blk.0.ffn_up.weight", w.to_dtype(dt).unwrap()).unwrap()
+                };
+                let var =
+                    |shape: &[usize], seed| Var::from_tensor(&randn(shape, 0.5, seed).to_dtype(dt).unwrap()).unwrap();
+                let (x, a, b) = (var(&[2, 7, k], 2), var(&[r, k], 3), var(&[n, r], 4));
+                let seed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(9));
+                let dropout = (p > 0.0).then(|| Dropout { p, seed });
+                let branch = LoraBranch { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale: 2.0, dropout };
+                layer.set_lora(Some(branch)).unwrap();
+                assert!(layer.trained_lora(x.as_tensor()).unwrap().is_some(), "a trained branch takes the fused op");
+                let probe = randn(&[2, 7, n], 1.0, 5).to_dtype(dt).unwrap();
+                let run = |y: Tensor| {
+                    let g = (y.clone() * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                    let grads = [&x, &a, &b].map(|v| g.get(v.as_tensor()).unwrap().to_dtype(DType::F64).unwrap());
+                    (y.to_dtype(DType::F64).unwrap(), grads)
+                };
+                let (y1, g1) = run(layer.forward(x.as_tensor()).unwrap());
+                let (y2, g2) = run(layer.composed(x.as_tensor()).unwrap());
+                let close = |a: &Tensor, b: &Tensor, what: &str| {
+                    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+                    let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+                    assert!(scale > 0.1, "{what}: a zero reference proves nothing");
+                    assert!(
+                        d <= tol * scale,
+                        "{what} ({dt:?}, bf16 {bf16}, dropout {p}): differs by {d} (scale {scale})"
+                    );
+                };
+                close(&y1, &y2, "output");
+                for (what, (a, b)) in ["dx", "dA", "dB"].iter().zip(g1.iter().zip(&g2)) {
+                    close(a, b, what);
+                }
+            }
+        }
+    }
+
     /// The parallel, vectorised mask is the plain per-element formula, whatever the chunking.
     #[test]
     fn dropout_mask_is_the_seekable_stream() {
         let d = Dropout { p: 0.05, seed: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(7)) };
         let n = 3 * (1 << 14) + 123; // three whole chunks and a tail
         let x = Tensor::zeros((n,), DType::F32, &candle_core::Device::Cpu).unwrap();
-        let got = d.mask("blk.0.attn_q.weight", &x).unwrap().to_vec1::<f32>().unwrap();
+        let spec = d.spec("blk.0.attn_q.weight").unwrap();
+        let got = d.mask(&spec, &x).unwrap().to_vec1::<f32>().unwrap();
         let name = "blk.0.attn_q.weight"
             .bytes()
             .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));

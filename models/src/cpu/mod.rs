@@ -1,7 +1,8 @@
 //! The candle CPU decoder: the reference implementation every other backend is compared with.
 //!
 //! - [`llama`]: the llama-family decoder (SmolLM2);
-//! - [`linear`]: the linear layer with its optional LoRA branch;
+//! - [`linear`]: the linear layer with its optional LoRA branch, and [`lora`]: that layer as one
+//!   op while its branch trains;
 //! - [`ops`]: decoder ops built from candle's recorded (differentiable) tensor ops;
 //! - [`qmatmul`] and [`fused`]: quantized matmul and RMSNorm with ggml's exact arithmetic, as
 //!   candle custom ops with backward passes;
@@ -13,6 +14,7 @@ pub mod cache;
 pub mod fused;
 pub mod linear;
 pub mod llama;
+pub mod lora;
 pub mod ops;
 pub mod qmatmul;
 pub mod sampling;
