@@ -367,7 +367,7 @@ mod tests {
                     |shape: &[usize], seed| Var::from_tensor(&randn(shape, 0.5, seed).to_dtype(dt).unwrap()).unwrap();
                 let (x, a, b) = (var(&[2, 7, k], 2), var(&[r, k], 3), var(&[n, r], 4));
                 let seed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(9));
-                let dropout = (p > 0.0).then(|| Dropout { p, seed });
+                let dropout = (p > 0.0).then_some(Dropout { p, seed });
                 let branch = LoraBranch { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale: 2.0, dropout };
                 layer.set_lora(Some(branch)).unwrap();
                 assert!(layer.trained_lora(x.as_tensor()).unwrap().is_some(), "a trained branch takes the fused op");
