@@ -80,14 +80,15 @@ impl Dropout {
             keep: 1.0 / (1.0 - self.p),
         })
     }
+}
 
-    fn mask(&self, spec: &super::lora::MaskSpec, x: &Tensor) -> candle_core::Result<Tensor> {
-        // A training step draws a mask over every LoRA input (~170 M values on SmolLM2 with guard
-        // batches): split over the thread team, and vectorised where the CPU multiplies u64 lanes.
-        let mut m = vec![0f32; x.elem_count()];
-        super::fused::par_chunks(&mut m, |start, out| spec.fill(start, out));
-        Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(x.dtype())
-    }
+/// The mask of `spec` over x's elements, as a tensor of x's shape and dtype.
+fn mask_tensor(spec: &super::lora::MaskSpec, x: &Tensor) -> candle_core::Result<Tensor> {
+    // A training step draws a mask over every LoRA input (~170 M values on SmolLM2 with guard
+    // batches): split over the thread team, and vectorised where the CPU multiplies u64 lanes.
+    let mut m = vec![0f32; x.elem_count()];
+    super::fused::par_chunks(&mut m, |start, out| spec.fill(start, out));
+    Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(x.dtype())
 }
 
 /// `out[j]` = `keep` or 0 for element `start + j`: splitmix64 over (`base` = seed ⊕ FNV-1a(layer
@@ -252,7 +253,7 @@ impl Linear {
             None => Ok(y),
             Some(l) => {
                 let x = match l.dropout.as_ref().and_then(|d| d.spec(&self.name)) {
-                    Some(spec) => (x * l.dropout.as_ref().unwrap().mask(&spec, x)?)?,
+                    Some(spec) => (x * mask_tensor(&spec, x)?)?,
                     None => x.clone(),
                 };
                 let delta = x.broadcast_matmul(&l.a.t()?)?.broadcast_matmul(&l.b.t()?)?;
@@ -403,7 +404,7 @@ mod tests {
         let n = 3 * (1 << 14) + 123; // three whole chunks and a tail
         let x = Tensor::zeros((n,), DType::F32, &candle_core::Device::Cpu).unwrap();
         let spec = d.spec("blk.0.attn_q.weight").unwrap();
-        let got = d.mask(&spec, &x).unwrap().to_vec1::<f32>().unwrap();
+        let got = mask_tensor(&spec, &x).unwrap().to_vec1::<f32>().unwrap();
         let name = "blk.0.attn_q.weight"
             .bytes()
             .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
