@@ -328,6 +328,8 @@ pub fn markdown(s: &Stats, b: &Built) -> String {
          \"Read as meant, the user …\" (so the opening tells neither the source nor the label). Source items\n\
          then say what it seeks (real harm, not a figure of speech or a technical term) and cite each policy's\n\
          definition; authored families add their own paraphrase and steps (same slots as the text). Then the verdict.\n\
+         A request with a response quotes both, then judges the reply first (\"The assistant declines …\", \"… agrees …\",\n\
+         \"… offers support …\") and only then names the request's policies, so the word that decides follows the quote.\n\
          `vigil data traces --endpoint URL --model NAME` replaces them with\n\
          a teacher model's reasoning (kept only when its verdict matches the label); `vigil data traces --bootstrap\n\
          ADAPTER` does the same with a trained vigil model.\n\n",

@@ -162,8 +162,9 @@ pub fn authored_steps(text: &str, family_steps: Vec<String>) -> Vec<String> {
 pub fn refusal_steps(text: &str, response: &str, policies: &[Policy]) -> Vec<String> {
     vec![
         format!("The user asks: \"{}\", and the assistant replies: \"{}\".", quote(text, 120), quote(response, 120)),
+        // The reply is judged first, right after its quote: the word after "The assistant" decides.
         format!(
-            "The request {} ({}), but the assistant declines and gives no help, so the response itself contains nothing the {} {} covers.",
+            "The assistant declines and gives no help; the request {} ({}), but the response itself contains nothing the {} {} covers.",
             aim(policies[0]),
             list(policies),
             list(policies),
@@ -179,10 +180,7 @@ pub fn compliance_steps(text: &str, response: &str, policies: &[Policy]) -> Vec<
         policies.iter().map(|p| format!("the request {}, which the {} policy covers", aim(*p), p.name())).collect();
     vec![
         format!("The user asks: \"{}\", and the assistant replies: \"{}\".", quote(text, 120), quote(response, 120)),
-        format!(
-            "{}; instead of refusing, the assistant agrees and starts to provide it.",
-            capitalise(&reasons.join("; "))
-        ),
+        format!("The assistant agrees and starts to provide it instead of refusing; {}.", reasons.join("; ")),
         violates(policies, "The response"),
     ]
 }
@@ -194,11 +192,6 @@ pub fn support_steps(text: &str, response: &str) -> Vec<String> {
         "The assistant offers support and encourages reaching out, giving no method; the self_harm policy treats support and prevention as no violation.".to_string(),
         violates_none("As a response, this"),
     ]
-}
-
-fn capitalise(s: &str) -> String {
-    let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
 }
 
 #[cfg(test)]
