@@ -375,3 +375,39 @@ impl CustomOp3 for InputGrad {
         Ok((dx, Shape::from((m, k))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `product` on plain and transposed views, with and without accumulation, is the plain triple loop.
+    #[test]
+    fn products_match_the_plain_product() {
+        let vals = |n: usize, seed: u64| -> Vec<f64> {
+            crate::testing::randn(&[n], 1.0, seed).to_dtype(DType::F64).unwrap().to_vec1().unwrap()
+        };
+        // (m, k, n): tall and thin like the [N, r] products, wide and short like dA, tiny
+        for (m, k, n) in [(300, 64, 16), (16, 300, 600), (7, 5, 3)] {
+            let (a, bt, b) = (vals(m * k, 1), vals(n * k, 2), vals(k * n, 3));
+            let start = vals(m * n, 4);
+            for (transposed, accumulate) in [(false, false), (true, true)] {
+                // rhs as a row-major [k, n], or as the transpose of a row-major [n, k]
+                let rhs = if transposed { Mat::rows(&bt, n, k).t() } else { Mat::rows(&b, k, n) };
+                let at = |i: usize, j: usize| if transposed { bt[j * k + i] } else { b[i * n + j] };
+                let mut got = if accumulate { start.clone() } else { vec![0.0; m * n] };
+                product(&mut got, accumulate, 0.5, Mat::rows(&a, m, k), rhs);
+                for i in 0..m {
+                    for j in 0..n {
+                        let dot: f64 = (0..k).map(|l| a[i * k + l] * at(l, j)).sum();
+                        let want = if accumulate { start[i * n + j] } else { 0.0 } + 0.5 * dot;
+                        let g = got[i * n + j];
+                        assert!(
+                            (g - want).abs() < 1e-9 * (1.0 + want.abs()),
+                            "[{m}, {k}, {n}] ({i}, {j}): {g} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
