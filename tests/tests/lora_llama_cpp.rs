@@ -54,9 +54,16 @@ fn greedy_to_stop(b: &mut dyn Backend, prompt: &[u32], n: usize, stop: &[u32]) -
     out
 }
 
-/// Agreement of vigil's tokens with llama.cpp's: identical, or diverging first at a near-tie.
-fn agrees(ours: &[u32], theirs: &Run) -> Result<bool, String> {
-    match ours.iter().zip(&theirs.ids).position(|(a, b)| a != b) {
+/// Agreement of vigil's tokens with llama.cpp's up to and including llama.cpp's first `stop` token
+/// (a runtime stops there; past it the model runs outside anything it was trained on, where this
+/// test's deliberately overfit adapter once put a 0.54-nat flip between the two): identical, or
+/// diverging first at a near-tie.
+fn agrees(ours: &[u32], theirs: &Run, stop: &[u32]) -> Result<bool, String> {
+    let end = theirs.ids.iter().position(|t| stop.contains(t)).map_or(theirs.ids.len(), |e| e + 1);
+    if end < 8 {
+        return Err(format!("llama.cpp's answer ends after {end} tokens: too short to compare ({:?})", theirs.ids));
+    }
+    match ours.iter().zip(&theirs.ids[..end]).position(|(a, b)| a != b) {
         None => Ok(true),
         Some(i) if theirs.margins[i] < NEAR_TIE => Ok(false),
         Some(i) => Err(format!(
@@ -66,18 +73,21 @@ fn agrees(ours: &[u32], theirs: &Run) -> Result<bool, String> {
     }
 }
 
-fn check(label: &str, backend: &mut dyn Backend, prompts: &[Vec<u32>], reference: &[Run]) {
+fn check(label: &str, backend: &mut dyn Backend, prompts: &[Vec<u32>], reference: &[Run], stop: &[u32]) {
     let mut identical = 0;
     for (p, r) in prompts.iter().zip(reference) {
         let ours = greedy(backend, p);
-        match agrees(&ours, r) {
+        match agrees(&ours, r, stop) {
             Ok(true) => identical += 1,
             Ok(false) => eprintln!("{label}: a near-tie flip (allowed)"),
             Err(e) => panic!("{label}: vigil and llama.cpp disagree with the adapter: {e}"),
         }
     }
     assert!(identical + 1 >= prompts.len(), "{label}: only {identical} of {} prompts identical", prompts.len());
-    eprintln!("{label}: {identical}/{} prompts × {N} greedy tokens identical to llama.cpp", prompts.len());
+    eprintln!(
+        "{label}: {identical}/{} greedy answers (to the end of turn, ≤ {N} tokens) identical to llama.cpp",
+        prompts.len()
+    );
 }
 
 #[test]
@@ -124,6 +134,7 @@ fn a_vigil_adapter_gives_llama_cpps_tokens() {
     let g = Gguf::open(&model).unwrap();
     let tok = vigil_models::tokenizer::Tokenizer::from_gguf(&g).unwrap();
     let chat = vigil_models::chat::ChatTemplate::detect(&g).unwrap();
+    let stop = chat.stop_ids(&tok);
     let prompts: Vec<Vec<u32>> = ["What is the capital of France?", "Name a primary colour.", "Tell me about the sea."]
         .iter()
         .map(|q| chat.encode(&tok, &[vigil_models::chat::Message::user(*q)], true).unwrap().ids)
@@ -140,11 +151,11 @@ fn a_vigil_adapter_gives_llama_cpps_tokens() {
         cpu.set_adapter(Some(&stored)).unwrap();
         let tuned: Vec<Vec<u32>> = prompts.iter().map(|p| greedy(&mut cpu, p)).collect();
         assert_ne!(tuned, base, "{name}: the trained adapter changes no greedy token");
-        check(&format!("CPU, {name}"), &mut cpu, &prompts, &reference);
+        check(&format!("CPU, {name}"), &mut cpu, &prompts, &reference, &stop);
         if let Some(gpu) = vigil_kernels::context::gpu_for_test() {
             let mut gb = vigil_runtime::backend::gpu::GpuBackend::load(std::sync::Arc::new(gpu), &g, 512).unwrap();
             gb.set_adapter(Some(&stored)).unwrap();
-            check(&format!("WGSL, {name}"), &mut gb, &prompts, &reference);
+            check(&format!("WGSL, {name}"), &mut gb, &prompts, &reference, &stop);
         }
     }
 }
