@@ -54,15 +54,9 @@ fn greedy_to_stop(b: &mut dyn Backend, prompt: &[u32], n: usize, stop: &[u32]) -
     out
 }
 
-/// Agreement of vigil's tokens with llama.cpp's up to and including llama.cpp's first `stop` token
-/// (a runtime stops there; past it the model runs outside anything it was trained on, where this
-/// test's deliberately overfit adapter once put a 0.54-nat flip between the two): identical, or
+/// Agreement of vigil's tokens with llama.cpp's over the first `end` of them: identical, or
 /// diverging first at a near-tie.
-fn agrees(ours: &[u32], theirs: &Run, stop: &[u32]) -> Result<bool, String> {
-    let end = theirs.ids.iter().position(|t| stop.contains(t)).map_or(theirs.ids.len(), |e| e + 1);
-    if end < 8 {
-        return Err(format!("llama.cpp's answer ends after {end} tokens: too short to compare ({:?})", theirs.ids));
-    }
+fn agrees(ours: &[u32], theirs: &Run, end: usize) -> Result<bool, String> {
     match ours.iter().zip(&theirs.ids[..end]).position(|(a, b)| a != b) {
         None => Ok(true),
         Some(i) if theirs.margins[i] < NEAR_TIE => Ok(false),
@@ -73,14 +67,27 @@ fn agrees(ours: &[u32], theirs: &Run, stop: &[u32]) -> Result<bool, String> {
     }
 }
 
+/// Each prompt's greedy answer agrees with llama.cpp's up to and including llama.cpp's first `stop`
+/// token: a runtime stops there. Past it the model runs outside anything it was trained on, and this
+/// test's deliberately overfit adapter once put a 0.54-nat flip between the two nine tokens after the
+/// end of turn; such tails are reported, not asserted.
 fn check(label: &str, backend: &mut dyn Backend, prompts: &[Vec<u32>], reference: &[Run], stop: &[u32]) {
     let mut identical = 0;
     for (p, r) in prompts.iter().zip(reference) {
+        let end = r.ids.iter().position(|t| stop.contains(t)).map_or(r.ids.len(), |e| e + 1);
+        assert!(end >= 8, "{label}: llama.cpp's answer ends after {end} tokens, too short to compare: {:?}", r.ids);
         let ours = greedy(backend, p);
-        match agrees(&ours, r, stop) {
+        match agrees(&ours, r, end) {
             Ok(true) => identical += 1,
             Ok(false) => eprintln!("{label}: a near-tie flip (allowed)"),
             Err(e) => panic!("{label}: vigil and llama.cpp disagree with the adapter: {e}"),
+        }
+        if let Some(i) = ours.iter().zip(&r.ids).position(|(a, b)| a != b).filter(|&i| i >= end) {
+            eprintln!(
+                "{label}: past the end of turn (its last token is step {}), step {i} differs (llama.cpp's margin {:.3})",
+                end - 1,
+                r.margins[i]
+            );
         }
     }
     assert!(identical + 1 >= prompts.len(), "{label}: only {identical} of {} prompts identical", prompts.len());

@@ -121,6 +121,11 @@ impl Bf16Weight {
         Bf16Weight { fwd: super::bf16::PackedBf16::new(w, n, k), bwd: super::bf16::PackedBf16::transposed(w, n, k) }
     }
 
+    /// (n, k)
+    pub fn dims(&self) -> (usize, usize) {
+        (self.fwd.n, self.fwd.k)
+    }
+
     /// x [m, k] · Wᵀ → [m, n]
     pub fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
         self.fwd.matmul(x, m)

@@ -212,9 +212,9 @@ impl Linear {
 
     /// x [.., in] → [.., out]
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self.trained_lora(x)? {
+        match self.fused_op(x)? {
             Some(op) => {
-                let l = self.lora.as_ref().expect("trained_lora checks the branch");
+                let l = self.lora.as_ref().expect("fused_op checks the branch");
                 x.contiguous()?.apply_op3(&l.a, &l.b, op)
             }
             None => self.composed(x),
@@ -265,7 +265,9 @@ impl Linear {
     /// The fused op ([`super::lora`]) for a LoRA branch whose A or B is being trained: the layer in
     /// one op, with far fewer temporaries than the composed forward and backward. A branch that
     /// only runs (inference, evaluation) keeps the composed arithmetic that decoding is tested with.
-    fn trained_lora(&self, x: &Tensor) -> candle_core::Result<Option<super::lora::LoraMatMul>> {
+    /// A base kept in candle's quantized types trains on its dequantized values, as the composed
+    /// path does wherever a gradient flows (in the first layer too, whose input has none).
+    fn fused_op(&self, x: &Tensor) -> candle_core::Result<Option<super::lora::LoraMatMul>> {
         let Some(l) = &self.lora else { return Ok(None) };
         if !(l.a.track_op() || l.b.track_op()) || l.a.dtype() != x.dtype() || l.b.dtype() != x.dtype() {
             return Ok(None);
@@ -348,50 +350,69 @@ mod tests {
     use super::*;
 
     /// A branch being trained runs as one op (cpu::lora): the same values and the same gradients
-    /// for x, A and B as the composed layer, on each kind of base, with dropout on and off.
+    /// for x, A and B as the composed layer, on each kind of base (dense f64 and f32, bf16, a Q8_0
+    /// tensor of a GGUF), with dropout on and off, and with an input that needs no gradient.
     #[test]
     fn trained_lora_op_matches_the_composed_layer_and_its_gradients() {
         use crate::testing::randn;
         use candle_core::Var;
-        let (n, k, r) = (24, 40, 4);
-        for (dt, bf16, tol) in [(DType::F64, false, 1e-12), (DType::F32, false, 2e-5), (DType::F32, true, 2e-5)] {
-            for p in [0.0, 0.3] {
+        let r = 4;
+        let tiny = Gguf::from_bytes("tiny.gguf", crate::testing::tiny_llama(GgmlType::Q8_0, 7)).unwrap();
+        let name = "blk.0.ffn_up.weight";
+        let [k, n] = <[u64; 2]>::try_from(tiny.require_tensor(name).unwrap().dims.clone()).unwrap().map(|d| d as usize);
+        for (dt, base, tol) in [
+            (DType::F64, "dense", 1e-12),
+            (DType::F32, "dense", 2e-5),
+            (DType::F32, "bf16", 2e-5),
+            (DType::F32, "q8_0", 2e-5),
+        ] {
+            for (p, x_tracks) in [(0.0, true), (0.3, true), (0.3, false)] {
                 let w = randn(&[n, k], 0.2, 1);
-                let mut layer = if bf16 {
-                    let v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                    let base = BaseWeight::Bf16(std::sync::Arc::new(super::super::fused::Bf16Weight::new(&v, n, k)));
-                    Linear { name: "blk.0.ffn_up.weight".into(), in_dim: k, out_dim: n, base, lora: None }
-                } else {
-                    Linear::from_dense("blk.0.ffn_up.weight", w.to_dtype(dt).unwrap()).unwrap()
+                let mut layer = match base {
+                    "bf16" => {
+                        let v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                        let base =
+                            BaseWeight::Bf16(std::sync::Arc::new(super::super::fused::Bf16Weight::new(&v, n, k)));
+                        Linear { name: name.into(), in_dim: k, out_dim: n, base, lora: None }
+                    }
+                    "q8_0" => {
+                        Linear::load(&tiny, name, k, n, WeightMode::Quantized, &candle_core::Device::Cpu).unwrap()
+                    }
+                    _ => Linear::from_dense(name, w.to_dtype(dt).unwrap()).unwrap(),
                 };
+                if base == "q8_0" {
+                    assert!(matches!(layer.base, BaseWeight::Ggml(_)), "Q8_0 runs on ggml's arithmetic");
+                }
                 let var =
                     |shape: &[usize], seed| Var::from_tensor(&randn(shape, 0.5, seed).to_dtype(dt).unwrap()).unwrap();
                 let (x, a, b) = (var(&[2, 7, k], 2), var(&[r, k], 3), var(&[n, r], 4));
+                let input = if x_tracks { x.as_tensor().clone() } else { x.as_tensor().detach() };
                 let seed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(9));
                 let dropout = (p > 0.0).then_some(Dropout { p, seed });
                 let branch = LoraBranch { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale: 2.0, dropout };
                 layer.set_lora(Some(branch)).unwrap();
-                assert!(layer.trained_lora(x.as_tensor()).unwrap().is_some(), "a trained branch takes the fused op");
+                assert!(layer.fused_op(&input).unwrap().is_some(), "a trained branch takes the fused op");
                 let probe = randn(&[2, 7, n], 1.0, 5).to_dtype(dt).unwrap();
                 let run = |y: Tensor| {
                     let g = (y.clone() * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-                    let grads = [&x, &a, &b].map(|v| g.get(v.as_tensor()).unwrap().to_dtype(DType::F64).unwrap());
+                    let grads = [&x, &a, &b].map(|v| g.get(v.as_tensor()).map(|t| t.to_dtype(DType::F64).unwrap()));
                     (y.to_dtype(DType::F64).unwrap(), grads)
                 };
-                let (y1, g1) = run(layer.forward(x.as_tensor()).unwrap());
-                let (y2, g2) = run(layer.composed(x.as_tensor()).unwrap());
+                let (y1, g1) = run(layer.forward(&input).unwrap());
+                let (y2, g2) = run(layer.composed(&input).unwrap());
                 let close = |a: &Tensor, b: &Tensor, what: &str| {
                     let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
                     let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
                     assert!(scale > 0.1, "{what}: a zero reference proves nothing");
-                    assert!(
-                        d <= tol * scale,
-                        "{what} ({dt:?}, bf16 {bf16}, dropout {p}): differs by {d} (scale {scale})"
-                    );
+                    assert!(d <= tol * scale, "{what} ({dt:?}, {base}, dropout {p}): differs by {d} (scale {scale})");
                 };
                 close(&y1, &y2, "output");
                 for (what, (a, b)) in ["dx", "dA", "dB"].iter().zip(g1.iter().zip(&g2)) {
-                    close(a, b, what);
+                    match (a, b) {
+                        (Some(a), Some(b)) => close(a, b, what),
+                        (None, None) => assert!(!x_tracks && *what == "dx", "{what}: no gradient"),
+                        _ => panic!("{what} ({base}, x tracks {x_tracks}): a gradient on one path only"),
+                    }
                 }
             }
         }

@@ -27,6 +27,17 @@ pub enum Frozen {
     Dense(Tensor),
 }
 
+impl Frozen {
+    /// (out, in)
+    fn dims(&self) -> Result<(usize, usize)> {
+        Ok(match self {
+            Frozen::Ggml(w) => (w.n, w.k),
+            Frozen::Bf16(w) => w.dims(),
+            Frozen::Dense(w) => w.dims2()?,
+        })
+    }
+}
+
 /// A dropout mask as the op draws it: element i of x is kept (times `keep`) when the splitmix64
 /// value of (`base`, i) reaches `threshold` — the stream of [`super::linear::Dropout`], with its
 /// seed read once at the forward pass so that the backward pass draws the same mask.
@@ -107,11 +118,11 @@ fn dense_product<T: Float>(w: &Tensor, x: &[T], m: usize, input_grad: bool) -> R
     let w = &T::cpu_storage_as_slice(cpu)?[a..b];
     if input_grad {
         let mut y = vec![T::zero(); m * k];
-        product(&mut y, false, T::one(), Mat::rows(x, m, n), Mat::rows(w, n, k));
+        product(&mut y, false, T::one(), Mat::row_major(x, m, n), Mat::row_major(w, n, k));
         Ok(y)
     } else {
         let mut y = vec![T::zero(); m * n];
-        product(&mut y, false, T::one(), Mat::rows(x, m, k), Mat::rows(w, n, k).t());
+        product(&mut y, false, T::one(), Mat::row_major(x, m, k), Mat::row_major(w, n, k).t());
         Ok(y)
     }
 }
@@ -128,7 +139,7 @@ struct Mat<'a, T> {
 
 impl<'a, T> Mat<'a, T> {
     /// A row-major [rows, cols] matrix.
-    fn rows(data: &'a [T], rows: usize, cols: usize) -> Self {
+    fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
         assert_eq!(data.len(), rows * cols, "a [{rows}, {cols}] matrix");
         Mat { data, rows, cols, row_stride: cols, col_stride: 1 }
     }
@@ -137,9 +148,9 @@ impl<'a, T> Mat<'a, T> {
     }
 }
 
-/// dst [m, n] = (dst, if `accumulate`) + beta · lhs · rhs, on gemm (the kernels candle's matmul
+/// dst [m, n] = (dst, if `accumulate`) + scale · lhs · rhs, on gemm (the kernels candle's matmul
 /// uses), split over the rayon pool like candle's.
-fn product<T: Float>(dst: &mut [T], accumulate: bool, beta: T, lhs: Mat<T>, rhs: Mat<T>) {
+fn product<T: Float>(dst: &mut [T], accumulate: bool, scale: T, lhs: Mat<T>, rhs: Mat<T>) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert!(rhs.rows == k && dst.len() == m * n, "[{m}, {k}] · [{}, {n}] into {} values", rhs.rows, dst.len());
     if m == 0 || n == 0 {
@@ -169,7 +180,7 @@ fn product<T: Float>(dst: &mut [T], accumulate: bool, beta: T, lhs: Mat<T>, rhs:
             rhs.col_stride as isize,
             rhs.row_stride as isize,
             T::one(),
-            beta,
+            scale,
             false,
             false,
             false,
@@ -222,9 +233,10 @@ impl LoraMatMul {
             Some(spec) => Cow::Owned(masked(x, spec)),
             None => Cow::Borrowed(x),
         };
+        // h = (x⊙m)·Aᵀ [m, r], then y += s·h·Bᵀ
         let mut h = vec![T::zero(); m * r];
-        product(&mut h, false, T::one(), Mat::rows(&xd, m, k), Mat::rows(a, r, k).t());
-        product(&mut y, true, T::from_f64(self.scale), Mat::rows(&h, m, r), Mat::rows(b, n, r).t());
+        product(&mut h, false, T::one(), Mat::row_major(&xd, m, k), Mat::row_major(a, r, k).t());
+        product(&mut y, true, T::from_f64(self.scale), Mat::row_major(&h, m, r), Mat::row_major(b, n, r).t());
         Ok(y)
     }
 }
@@ -245,8 +257,13 @@ impl CustomOp3 for LoraMatMul {
     ) -> Result<(CpuStorage, Shape)> {
         let ((r, k), (n, r2)) = (l2.shape().dims2()?, l3.shape().dims2()?);
         let dims = l1.dims();
-        if dims.last() != Some(&k) || r != r2 {
-            candle_core::bail!("lora-matmul: x {dims:?}, A {:?}, B {:?} do not fit", l2.dims(), l3.dims());
+        if dims.last() != Some(&k) || r != r2 || self.frozen.dims()? != (n, k) {
+            candle_core::bail!(
+                "lora-matmul: x {dims:?}, A {:?}, B {:?} and the base weight {:?} (out, in) do not fit",
+                l2.dims(),
+                l3.dims(),
+                self.frozen.dims()?
+            );
         }
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().unwrap() = n;
@@ -279,7 +296,9 @@ impl CustomOp3 for LoraMatMul {
             Some(spec) => x2.apply_op1_no_bwd(&ApplyMask(spec))?,
             None => x2,
         };
-        // u = dL/d(branch output)·B / s; the branch's input gradients follow from it
+        // u = g·B [N, r]: dA, dB and the branch's share of dx all follow from it. A and B are
+        // detached so that these gradients hold no graph (nor g, u, x⊙m) alive in the grad store.
+        let (a, b) = (&a.detach(), &b.detach());
         let u = g2.matmul(b)?;
         let da = (u.t()?.matmul(&xd)? * self.scale)?;
         let db = (g2.t()?.matmul(&xd.matmul(&a.t()?)?)? * self.scale)?;
@@ -326,10 +345,10 @@ impl InputGrad {
         }
         let s = T::from_f64(self.scale);
         match &self.mask {
-            None => product(&mut dx, true, s, Mat::rows(u, m, r), Mat::rows(a, r, k)),
+            None => product(&mut dx, true, s, Mat::row_major(u, m, r), Mat::row_major(a, r, k)),
             Some(spec) => {
                 let mut t = vec![T::zero(); m * k];
-                product(&mut t, false, s, Mat::rows(u, m, r), Mat::rows(a, r, k));
+                product(&mut t, false, s, Mat::row_major(u, m, r), Mat::row_major(a, r, k));
                 for_chunks(&mut dx, |start, chunk| {
                     let mut mk = vec![0f32; chunk.len()];
                     spec.fill(start, &mut mk);
@@ -392,10 +411,10 @@ mod tests {
             let start = vals(m * n, 4);
             for (transposed, accumulate) in [(false, false), (true, true)] {
                 // rhs as a row-major [k, n], or as the transpose of a row-major [n, k]
-                let rhs = if transposed { Mat::rows(&bt, n, k).t() } else { Mat::rows(&b, k, n) };
+                let rhs = if transposed { Mat::row_major(&bt, n, k).t() } else { Mat::row_major(&b, k, n) };
                 let at = |i: usize, j: usize| if transposed { bt[j * k + i] } else { b[i * n + j] };
                 let mut got = if accumulate { start.clone() } else { vec![0.0; m * n] };
-                product(&mut got, accumulate, 0.5, Mat::rows(&a, m, k), rhs);
+                product(&mut got, accumulate, 0.5, Mat::row_major(&a, m, k), rhs);
                 for i in 0..m {
                     for j in 0..n {
                         let dot: f64 = (0..k).map(|l| a[i * k + l] * at(l, j)).sum();
