@@ -222,6 +222,23 @@ fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a 
     }
 }
 
+/// The three contiguous inputs as f32 or f64 slices (by the first one's dtype), through `f32` or `f64`.
+fn by_dtype(
+    inputs: [(&CpuStorage, &Layout, &str); 3],
+    f32: impl FnOnce([&[f32]; 3]) -> Result<Vec<f32>>,
+    f64: impl FnOnce([&[f64]; 3]) -> Result<Vec<f64>>,
+) -> Result<CpuStorage> {
+    fn slices<'a, T: Float>(inputs: [(&'a CpuStorage, &Layout, &str); 3]) -> Result<[&'a [T]; 3]> {
+        let [a, b, c] = inputs.map(|(s, l, what)| slice::<T>(s, l, what));
+        Ok([a?, b?, c?])
+    }
+    Ok(match inputs[0].0 {
+        CpuStorage::F32(_) => CpuStorage::F32(f32(slices(inputs)?)?),
+        CpuStorage::F64(_) => CpuStorage::F64(f64(slices(inputs)?)?),
+        _ => candle_core::bail!("lora-matmul: expected f32 or f64 values"),
+    })
+}
+
 impl LoraMatMul {
     fn forward<T: Float>(&self, x: &[T], a: &[T], b: &[T], r: usize, k: usize, n: usize) -> Result<Vec<T>> {
         let m = x.len() / k;
@@ -267,17 +284,11 @@ impl CustomOp3 for LoraMatMul {
         }
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().unwrap() = n;
-        let y = match s1 {
-            CpuStorage::F32(_) => {
-                let [x, a, b] = [(s1, l1, "x"), (s2, l2, "A"), (s3, l3, "B")].map(|(s, l, w)| slice::<f32>(s, l, w));
-                CpuStorage::F32(self.forward(x?, a?, b?, r, k, n)?)
-            }
-            CpuStorage::F64(_) => {
-                let [x, a, b] = [(s1, l1, "x"), (s2, l2, "A"), (s3, l3, "B")].map(|(s, l, w)| slice::<f64>(s, l, w));
-                CpuStorage::F64(self.forward(x?, a?, b?, r, k, n)?)
-            }
-            _ => candle_core::bail!("lora-matmul: expected f32 or f64 activations"),
-        };
+        let y = by_dtype(
+            [(s1, l1, "x"), (s2, l2, "A"), (s3, l3, "B")],
+            |[x, a, b]| self.forward(x, a, b, r, k, n),
+            |[x, a, b]| self.forward(x, a, b, r, k, n),
+        )?;
         Ok((y, Shape::from(out_dims)))
     }
 
@@ -380,17 +391,11 @@ impl CustomOp3 for InputGrad {
         if m != m2 || r != r2 {
             candle_core::bail!("lora-input-grad: g {:?}, u {:?}, A {:?} do not fit", l1.dims(), l2.dims(), l3.dims());
         }
-        let dx = match s1 {
-            CpuStorage::F32(_) => {
-                let [g, u, a] = [(s1, l1, "g"), (s2, l2, "u"), (s3, l3, "A")].map(|(s, l, w)| slice::<f32>(s, l, w));
-                CpuStorage::F32(self.run(g?, u?, a?, m, r, k)?)
-            }
-            CpuStorage::F64(_) => {
-                let [g, u, a] = [(s1, l1, "g"), (s2, l2, "u"), (s3, l3, "A")].map(|(s, l, w)| slice::<f64>(s, l, w));
-                CpuStorage::F64(self.run(g?, u?, a?, m, r, k)?)
-            }
-            _ => candle_core::bail!("lora-input-grad: expected f32 or f64"),
-        };
+        let dx = by_dtype(
+            [(s1, l1, "g"), (s2, l2, "u"), (s3, l3, "A")],
+            |[g, u, a]| self.run(g, u, a, m, r, k),
+            |[g, u, a]| self.run(g, u, a, m, r, k),
+        )?;
         Ok((dx, Shape::from((m, k))))
     }
 }
