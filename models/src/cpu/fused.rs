@@ -333,17 +333,18 @@ impl candle_core::CustomOp3 for SwiGluGrad {
         let n = x.len();
         let mut out = vec![0f32; 2 * n];
         let (dg, du) = out.split_at_mut(n);
+        // zipped slices, not indices: no bounds checks, so the loops vectorise
         par_chunks(dg, |start, dgs| {
-            for (i, o) in dgs.iter_mut().enumerate() {
-                let (x, u, g) = (x[start + i], u[start + i], g[start + i]);
+            let end = start + dgs.len();
+            for (((o, &x), &u), &g) in dgs.iter_mut().zip(&x[start..end]).zip(&u[start..end]).zip(&g[start..end]) {
                 let sig = 1.0 / (1.0 + exp_fast(-x));
                 *o = g * u * sig * (1.0 + x * (1.0 - sig));
             }
         });
         par_chunks(du, |start, dus| {
-            for (i, o) in dus.iter_mut().enumerate() {
-                let x = x[start + i];
-                *o = g[start + i] * x / (1.0 + exp_fast(-x));
+            let end = start + dus.len();
+            for ((o, &x), &g) in dus.iter_mut().zip(&x[start..end]).zip(&g[start..end]) {
+                *o = g * x / (1.0 + exp_fast(-x));
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((2, n))))
@@ -435,15 +436,95 @@ impl CustomOp1 for SoftmaxLast {
     }
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         if y.dtype() == DType::F32 {
-            return Ok(Some(y.apply_op2(&g.contiguous()?, SoftmaxGrad)?));
+            return Ok(Some(y.apply_op2(&g.contiguous()?, SoftmaxGrad { scale: 1.0 })?));
         }
         let dot = (g * y)?.sum_keepdim(D::Minus1)?;
         Ok(Some((y * g.broadcast_sub(&dot)?)?))
     }
 }
 
-/// The softmax input gradient y ⊙ (g − Σ g·y) per row, from the output y and its gradient g.
-struct SoftmaxGrad;
+/// softmax(scale·x + causal mask) over the last dimension of attention scores x [.., R, L] (f32),
+/// for training passes: one pass instead of the scale, the mask's broadcast add and the softmax
+/// (and their backward passes). Row r holds query i = r mod `queries` (rows are grouped heads of
+/// `queries` each), at position `start` + i among the L = `start` + `queries` keys; it sees the keys
+/// up to its own position, the last `window` of them if given. Hidden keys get probability 0 and no
+/// exponential; the rest use [`exp_fast`] and sums in 16 lanes (training needs no cross-platform
+/// bits). Backward: dx = scale · y ⊙ (g − Σ g·y).
+pub struct CausalSoftmax {
+    pub scale: f32,
+    pub queries: usize,
+    pub start: usize,
+    pub window: Option<usize>,
+}
+
+impl CausalSoftmax {
+    /// The visible keys [lo, hi) of query i.
+    fn visible(&self, i: usize) -> (usize, usize) {
+        let hi = self.start + i + 1;
+        (self.window.map_or(0, |w| hi.saturating_sub(w)), hi)
+    }
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = l.dims();
+        let (rows, n) = match dims {
+            [.., _, n] if *n > 0 => (l.shape().elem_count() / n, *n),
+            _ => candle_core::bail!("{}: scores {dims:?} need rows and keys", self.name()),
+        };
+        if self.queries == 0 || n != self.start + self.queries || rows % self.queries != 0 || self.scale <= 0.0 {
+            candle_core::bail!(
+                "{}: scores {dims:?} do not hold groups of {} queries over {} + {} keys (scale {})",
+                self.name(),
+                self.queries,
+                self.start,
+                self.queries,
+                self.scale
+            );
+        }
+        let x = f32_input(s, l, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        par_rows(&mut y, n, &|r, yr| {
+            let (lo, hi) = self.visible(r % self.queries);
+            let (xr, yr) = (&x[r * n + lo..r * n + hi], &mut yr[lo..hi]);
+            let m = self.scale * lanes(xr, f32::NEG_INFINITY, f32::max, f32::max);
+            for (o, &v) in yr.iter_mut().zip(xr) {
+                *o = exp_fast(self.scale * v - m);
+            }
+            let inv = 1.0 / lanes(yr, 0.0, |a, b| a + b, |a, b| a + b);
+            yr.iter_mut().for_each(|o| *o *= inv);
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(y.apply_op2(&g.contiguous()?, SoftmaxGrad { scale: self.scale })?))
+    }
+}
+
+/// `fold` of the values in 16 lanes, then `join` of the lanes (a vectorisable reduction).
+fn lanes(x: &[f32], init: f32, fold: impl Fn(f32, f32) -> f32, join: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 16];
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..16 {
+            acc[l] = fold(acc[l], c[l]);
+        }
+    }
+    for (l, &v) in rest.iter().enumerate() {
+        acc[l] = fold(acc[l], v);
+    }
+    acc.into_iter().reduce(join).unwrap_or(init)
+}
+
+/// The softmax input gradient scale · y ⊙ (g − Σ g·y) per row, from the output y of
+/// softmax(scale · x) and its gradient g.
+struct SoftmaxGrad {
+    scale: f32,
+}
 
 impl CustomOp2 for SoftmaxGrad {
     fn name(&self) -> &'static str {
@@ -460,7 +541,7 @@ impl CustomOp2 for SoftmaxGrad {
             let (yr, gr) = (&y[r * n..(r + 1) * n], &g[r * n..(r + 1) * n]);
             let dot = dot_lanes(yr, gr);
             for ((o, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
-                *o = yv * (gv - dot);
+                *o = self.scale * yv * (gv - dot);
             }
         });
         Ok((CpuStorage::F32(d), l1.shape().clone()))
@@ -925,6 +1006,37 @@ mod tests {
                 check(|x| x.apply_op1(op()).unwrap(), |x| ops::rope(x, &c, &s, style).unwrap(), &[2, 3, 5, d]);
             }
         }
+    }
+
+    /// The training softmax (scale, causal mask and softmax in one op) gives the composed ops'
+    /// probabilities and gradients: grouped rows, a start offset, with and without a window, rows
+    /// longer than the 16 lanes.
+    #[test]
+    fn causal_softmax_matches_scale_mask_and_softmax() {
+        use crate::cpu::ops;
+        let dev = Device::Cpu;
+        for (groups, queries, start, window) in
+            [(3, 4, 2, None), (3, 4, 2, Some(3)), (2, 5, 30, None), (1, 6, 0, Some(1))]
+        {
+            let keys = start + queries;
+            let mask = ops::causal_mask(queries, start, window, &dev).unwrap().additive;
+            let tiled = mask
+                .unsqueeze(0)
+                .unwrap()
+                .broadcast_as((groups, queries, keys))
+                .unwrap()
+                .reshape((groups * queries, keys))
+                .unwrap();
+            let op = || CausalSoftmax { scale: 0.7, queries, start, window };
+            check(
+                |x| x.apply_op1(op()).unwrap(),
+                |x| ops::softmax_composed(&(x * 0.7).unwrap().broadcast_add(&tiled).unwrap()).unwrap(),
+                &[2, groups * queries, keys],
+            );
+        }
+        let x = crate::testing::randn(&[2, 7], 1.0, 4);
+        let bad = CausalSoftmax { scale: 0.7, queries: 3, start: 4, window: None };
+        assert!(x.apply_op1(bad).is_err(), "7 keys are not 4 + 3 rows of 2 × 7");
     }
 
     /// The vectorisable exponential stays within 4 ulp of the exact one over its whole range.

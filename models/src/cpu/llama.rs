@@ -353,8 +353,8 @@ impl Llama {
         }
         /// A pass's visibility made ready for a layer kind: its mask, or a packed pass's masks.
         enum Ready {
-            Causal(Option<Tensor>),
-            Packed(usize, Vec<usize>, Vec<Tensor>),
+            Causal(Option<ops::CausalMask>),
+            Packed(usize, Vec<usize>, Vec<ops::CausalMask>),
         }
         let ready = |a: &Attend, window: Option<usize>| -> Result<Ready> {
             Ok(match &a.vis {

@@ -125,9 +125,24 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<
     }
 }
 
-/// Additive causal mask for `t` queries at positions `[start, start + t)` over `start + t` keys,
-/// optionally limited to a sliding window. Shape [t, start + t].
-pub fn causal_mask(t: usize, start: usize, window: Option<usize>, dev: &Device) -> Result<Tensor> {
+/// A causal mask: `t` queries at positions `[start, start + t)` over `start + t` keys, optionally
+/// limited to a sliding window; as an additive tensor (0 / −∞, [t, start + t]) and as those
+/// positions, from which training's [`super::fused::CausalSoftmax`] applies it without the tensor.
+#[derive(Clone)]
+pub struct CausalMask {
+    pub additive: Tensor,
+    pub start: usize,
+    pub window: Option<usize>,
+}
+
+impl CausalMask {
+    pub fn to_dtype(&self, dt: DType) -> Result<Self> {
+        Ok(CausalMask { additive: self.additive.to_dtype(dt)?, ..self.clone() })
+    }
+}
+
+/// The [`CausalMask`] of `t` queries from position `start`, within `window` if given.
+pub fn causal_mask(t: usize, start: usize, window: Option<usize>, dev: &Device) -> Result<CausalMask> {
     let l = start + t;
     let mut m = vec![0f32; t * l];
     for i in 0..t {
@@ -139,13 +154,13 @@ pub fn causal_mask(t: usize, start: usize, window: Option<usize>, dev: &Device) 
             }
         }
     }
-    Tensor::from_vec(m, (t, l), dev)
+    Ok(CausalMask { additive: Tensor::from_vec(m, (t, l), dev)?, start, window })
 }
 
 /// Which earlier tokens each query of a decoder pass attends to.
 pub enum Visibility {
-    /// Causal over a cache's tokens and the new ones: the additive mask (None for one new token).
-    Causal(Option<Tensor>),
+    /// Causal over a cache's tokens and the new ones: the mask (None for one new token).
+    Causal(Option<CausalMask>),
     /// A packed pass: a shared prefix (causal), then segments of `lens` tokens, each seeing the
     /// whole prefix and its own earlier tokens, never another segment.
     Packed { prefix: usize, lens: Vec<usize> },
@@ -159,7 +174,7 @@ pub fn packed_masks(
     window: Option<usize>,
     dt: DType,
     dev: &Device,
-) -> Result<Vec<Tensor>> {
+) -> Result<Vec<CausalMask>> {
     std::iter::once(causal_mask(prefix, 0, window, dev))
         .chain(lens.iter().map(|&len| causal_mask(len, prefix, window, dev)))
         .map(|m| m.and_then(|m| m.to_dtype(dt)))
@@ -174,7 +189,7 @@ pub fn packed_attention(
     k: &Tensor,
     v: &Tensor,
     (prefix, lens): (usize, &[usize]),
-    masks: &[Tensor],
+    masks: &[CausalMask],
     scale: f64,
 ) -> Result<Tensor> {
     let (kp, vp) = (k.narrow(2, 0, prefix)?, v.narrow(2, 0, prefix)?);
@@ -190,23 +205,33 @@ pub fn packed_attention(
 }
 
 /// Scaled dot-product attention with grouped KV heads.
-/// q [b, h, t, d]; k, v [b, h_kv, l, d]; mask [t, l] (additive) or None → [b, h, t, d].
+/// q [b, h, t, d]; k, v [b, h_kv, l, d]; mask ([t, l]) or None → [b, h, t, d].
 /// Query heads are grouped onto their KV head by reshaping (no copies of K/V per head).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&CausalMask>, scale: f64) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let h_kv = k.dim(1)?;
     let rep = h / h_kv;
     let qg = q.reshape((b, h_kv, rep * t, d))?;
-    let scores = (rows_dot(&qg, k)? * scale)?; // [b, h_kv, rep*t, l]
-    let scores = match mask {
-        None => scores,
-        Some(m) => {
-            let l = m.dim(1)?;
-            let m = m.unsqueeze(0)?.broadcast_as((rep, t, l))?.reshape((rep * t, l))?;
-            scores.broadcast_add(&m)?
+    let scores = rows_dot(&qg, k)?; // [b, h_kv, rep*t, l]
+    let probs = match mask {
+        // training: scale, mask and softmax in one op (its backward too)
+        Some(m) if scores.dtype() == DType::F32 && training(&qg, k) => {
+            let op = super::fused::CausalSoftmax { scale: scale as f32, queries: t, start: m.start, window: m.window };
+            scores.contiguous()?.apply_op1(op)?
+        }
+        _ => {
+            let scores = (scores * scale)?;
+            let scores = match mask {
+                None => scores,
+                Some(m) => {
+                    let l = m.additive.dim(1)?;
+                    let m = m.additive.unsqueeze(0)?.broadcast_as((rep, t, l))?.reshape((rep * t, l))?;
+                    scores.broadcast_add(&m)?
+                }
+            };
+            softmax_last(&scores)?
         }
     };
-    let probs = softmax_last(&scores)?;
     weighted_rows(&probs, v)?.reshape((b, h, t, d))
 }
 
@@ -347,12 +372,37 @@ mod tests {
         }
     }
 
+    /// A training pass (q, k, v carry gradients) masks through the fused causal softmax; its
+    /// attention equals the inference arithmetic's, packed or not, with or without a window.
+    #[test]
+    fn training_attention_equals_inference_attention() {
+        let dev = Device::Cpu;
+        let (prefix, lens) = (3usize, [2usize, 4]);
+        let t = prefix + lens.iter().sum::<usize>();
+        let q = crate::testing::randn(&[1, 4, t, 8], 1.0, 7);
+        let k = crate::testing::randn(&[1, 2, t, 8], 1.0, 8);
+        let v = crate::testing::randn(&[1, 2, t, 8], 1.0, 9);
+        let var = |x: &Tensor| candle_core::Var::from_tensor(x).unwrap().as_tensor().clone();
+        for window in [None, Some(2)] {
+            let masks = packed_masks(prefix, &lens, window, DType::F32, &dev).unwrap();
+            let want = packed_attention(&q, &k, &v, (prefix, &lens), &masks, 0.3).unwrap();
+            let got = packed_attention(&var(&q), &var(&k), &var(&v), (prefix, &lens), &masks, 0.3).unwrap();
+            let mask = causal_mask(t, 0, window, &dev).unwrap();
+            let want_causal = attention(&q, &k, &v, Some(&mask), 0.3).unwrap();
+            let got_causal = attention(&var(&q), &var(&k), &var(&v), Some(&mask), 0.3).unwrap();
+            for (g, w) in [(got, want), (got_causal, want_causal)] {
+                let (g, w) = (to_f32_vec(&g).unwrap(), to_f32_vec(&w).unwrap());
+                assert!(g.iter().zip(&w).all(|(a, b)| (a - b).abs() < 1e-5), "window {window:?}");
+            }
+        }
+    }
+
     #[test]
     fn causal_mask_with_offset_and_window() {
-        let m = to_f32_vec(&causal_mask(2, 3, None, &Device::Cpu).unwrap()).unwrap();
+        let m = to_f32_vec(&causal_mask(2, 3, None, &Device::Cpu).unwrap().additive).unwrap();
         let vis: Vec<bool> = m.iter().map(|v| v.is_finite()).collect();
         assert_eq!(vis, [true, true, true, true, false, true, true, true, true, true]);
-        let m = to_f32_vec(&causal_mask(1, 4, Some(2), &Device::Cpu).unwrap()).unwrap();
+        let m = to_f32_vec(&causal_mask(1, 4, Some(2), &Device::Cpu).unwrap().additive).unwrap();
         let vis: Vec<bool> = m.iter().map(|v| v.is_finite()).collect();
         assert_eq!(vis, [false, false, false, true, true]);
     }
