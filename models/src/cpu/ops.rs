@@ -343,15 +343,21 @@ mod tests {
         assert!((y[4] - 1f32.cos()).abs() < 1e-6 && (y[6] - 1f32.sin()).abs() < 1e-6);
     }
 
-    /// Segment-by-segment packed attention equals each sequence's own causal attention.
-    #[test]
-    fn packed_attention_keeps_segments_apart() {
-        let dev = Device::Cpu;
+    /// A packed pass: a 3-token prefix and segments of 2 and 4 tokens; q with 4 heads over 2 KV heads.
+    fn packed_fixture() -> (usize, [usize; 2], Tensor, Tensor, Tensor) {
         let (prefix, lens) = (3usize, [2usize, 4]);
         let t = prefix + lens.iter().sum::<usize>();
         let q = crate::testing::randn(&[1, 4, t, 8], 1.0, 7);
         let k = crate::testing::randn(&[1, 2, t, 8], 1.0, 8);
         let v = crate::testing::randn(&[1, 2, t, 8], 1.0, 9);
+        (prefix, lens, q, k, v)
+    }
+
+    /// Segment-by-segment packed attention equals each sequence's own causal attention.
+    #[test]
+    fn packed_attention_keeps_segments_apart() {
+        let dev = Device::Cpu;
+        let (prefix, lens, q, k, v) = packed_fixture();
         let masks = packed_masks(prefix, &lens, None, DType::F32, &dev).unwrap();
         let got = packed_attention(&q, &k, &v, (prefix, &lens), &masks, 0.3).unwrap();
         let mut start = prefix;
@@ -377,11 +383,8 @@ mod tests {
     #[test]
     fn training_attention_equals_inference_attention() {
         let dev = Device::Cpu;
-        let (prefix, lens) = (3usize, [2usize, 4]);
-        let t = prefix + lens.iter().sum::<usize>();
-        let q = crate::testing::randn(&[1, 4, t, 8], 1.0, 7);
-        let k = crate::testing::randn(&[1, 2, t, 8], 1.0, 8);
-        let v = crate::testing::randn(&[1, 2, t, 8], 1.0, 9);
+        let (prefix, lens, q, k, v) = packed_fixture();
+        let t = q.dim(2).unwrap();
         let var = |x: &Tensor| candle_core::Var::from_tensor(x).unwrap().as_tensor().clone();
         for window in [None, Some(2)] {
             let masks = packed_masks(prefix, &lens, window, DType::F32, &dev).unwrap();
