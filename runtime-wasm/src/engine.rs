@@ -353,6 +353,57 @@ impl Guard {
         opts: &ClassifyOptions,
         on_event: &mut impl FnMut(&Event) -> ControlFlow<()>,
     ) -> Result<Outcome> {
+        let (ids, reserve) = self.checked_prompt(req, opts)?;
+        let ctx = self.backend.context();
+        let clock = Clock::start();
+        // Reuse the KV state of the prefix shared with what the backend holds.
+        let common = shared_prefix(&self.held, &ids);
+        self.backend.truncate(common);
+        self.held.truncate(common);
+        let mut sampler = Sampler::new(opts.sampling);
+        let mut gen = Generation::new(req, ids.len(), common);
+        let rules = Rules { tokenizer: &self.tokenizer, stop_ids: &self.stop_ids, opts, reserve, ctx };
+
+        let mut next = self.backend.forward_sample_async(&ids[common..], &mut sampler).await?;
+        self.held.extend_from_slice(&ids[common..]);
+        gen.stats.prefill_ms = clock.ms();
+        gen.stats.ttft_ms = gen.stats.prefill_ms;
+        let decode_start = clock.ms();
+        let stop = loop {
+            if let Some(stop) = gen.take(next, &rules, self.backend.position(), on_event) {
+                break stop;
+            }
+            let cur = [next];
+            yield_now().await;
+            next = self.backend.forward_sample_async(&cur, &mut sampler).await?;
+            self.held.push(cur[0]);
+        };
+        let (updates, mut verdict) = gen.finish();
+        for u in updates {
+            let _ = on_event(&Event::Text { section: u.section, text: &u.text });
+        }
+        let mut forced = false;
+        if verdict.is_err() && opts.force_verdict && stop != StopReason::Cancelled {
+            // The last sampled token is part of the text unless it ended the turn.
+            let pending: Vec<u32> = if stop == StopReason::EndOfTurn { vec![] } else { vec![next] };
+            let suffix = self.force_verdict(req, &pending).await?;
+            let mut updates = gen.parser.push(&suffix);
+            let (rest, v) = gen.parser.finish();
+            updates.extend(rest);
+            for u in updates {
+                let _ = on_event(&Event::Text { section: u.section, text: &u.text });
+            }
+            verdict = v;
+            forced = true;
+        }
+        gen.stats.decode_ms = clock.ms() - decode_start;
+        gen.stats.set_decode_rate();
+        Ok(Outcome { verdict, raw: gen.parser.text().to_string(), forced, stop, stats: gen.stats })
+    }
+
+    /// The prompt ids of a request that can run — content present, room in the context for the
+    /// prompt, `max_tokens` and a forced verdict — and the positions kept for that verdict.
+    fn checked_prompt(&self, req: &GuardRequest, opts: &ClassifyOptions) -> Result<(Vec<u32>, usize)> {
         if req.content.trim().is_empty() {
             return Err(Error::Input("the content to classify is empty".into()));
         }
@@ -372,84 +423,116 @@ impl Guard {
                 opts.max_tokens
             )));
         }
-        let clock = Clock::start();
-        // Reuse the KV state of the prefix shared with what the backend holds.
-        let mut common = self.held.iter().zip(&ids).take_while(|(a, b)| a == b).count();
-        if common == ids.len() {
-            common -= 1; // at least one token must be fed to get logits
-        }
-        self.backend.truncate(common);
-        self.held.truncate(common);
-        let mut sampler = Sampler::new(opts.sampling);
-        let mut parser = StreamParser::new(req.format, req.mode);
-        let mut decoder = TokenDecoder::new();
-        let mut stats = Stats { prompt_tokens: ids.len(), reused_tokens: common, ..Stats::default() };
+        Ok((ids, reserve))
+    }
 
-        let mut next = self.backend.forward_sample_async(&ids[common..], &mut sampler).await?;
-        self.held.extend_from_slice(&ids[common..]);
-        stats.prefill_ms = clock.ms();
-        stats.ttft_ms = stats.prefill_ms;
-        let decode_start = clock.ms();
-        let mut generated: Vec<u32> = Vec::new();
-        let stop = loop {
-            if self.stop_ids.contains(&next) {
-                break StopReason::EndOfTurn;
+    /// Classifies `reqs` side by side, up to `lanes` at a time, and returns each one's outcome (or
+    /// its own error, such as an over-long request) in order; `done(i)` is called as request `i`
+    /// finishes. On a backend with lanes (the CPU) every decoding step feeds one token of each
+    /// running request through the decoder together, so the weights are read once per step rather
+    /// than once per request; a finished request's lane takes the next one and keeps the KV state
+    /// of their shared prompt prefix. Greedy outcomes equal [`Guard::classify`]'s one by one
+    /// (the timings aside); a request that needs a forced verdict is run again alone to force it.
+    /// Backends without lanes run the requests one by one. An error of the backend ends the call.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn classify_batch(
+        &mut self,
+        reqs: &[GuardRequest],
+        opts: &ClassifyOptions,
+        lanes: usize,
+        mut done: impl FnMut(usize),
+    ) -> Result<Vec<Result<Outcome>>> {
+        let mut out: Vec<Option<Result<Outcome>>> = (0..reqs.len()).map(|_| None).collect();
+        if !self.backend.has_lanes() || lanes <= 1 {
+            for (i, req) in reqs.iter().enumerate() {
+                out[i] = Some(match self.checked_prompt(req, opts) {
+                    Err(e) => Err(e),
+                    Ok(_) => Ok(self.classify(req, opts, |_| ControlFlow::Continue(()))?),
+                });
+                done(i);
             }
-            stats.generated_tokens += 1;
-            generated.push(next);
-            let text = decoder.push(&self.tokenizer, next);
-            let mut flow = on_event(&Event::Token { id: next, text: &text });
-            for u in parser.push(&text) {
-                if flow.is_continue() {
-                    flow = on_event(&Event::Text { section: u.section, text: &u.text });
+            return Ok(out.into_iter().flatten().collect());
+        }
+        /// A request running in a lane.
+        struct Job {
+            index: usize,
+            gen: Generation,
+            sampler: Sampler,
+            /// Tokens to feed next, after the lane's first `keep` positions.
+            feed: Vec<u32>,
+            clock: Clock,
+            decode_start: Option<f64>,
+        }
+        let mut held: Vec<Vec<u32>> = vec![Vec::new(); lanes.min(reqs.len())];
+        let mut jobs: Vec<Option<Job>> = (0..held.len()).map(|_| None).collect();
+        let mut queue = 0..reqs.len();
+        let ctx = self.backend.context();
+        loop {
+            for (lane, job) in jobs.iter_mut().enumerate().filter(|(_, j)| j.is_none()) {
+                for index in queue.by_ref() {
+                    match self.checked_prompt(&reqs[index], opts) {
+                        Err(e) => {
+                            out[index] = Some(Err(e));
+                            done(index);
+                        }
+                        Ok((ids, _)) => {
+                            let keep = shared_prefix(&held[lane], &ids);
+                            held[lane].truncate(keep);
+                            *job = Some(Job {
+                                index,
+                                gen: Generation::new(&reqs[index], ids.len(), keep),
+                                sampler: Sampler::new(opts.sampling),
+                                feed: ids[keep..].to_vec(),
+                                clock: Clock::start(),
+                                decode_start: None,
+                            });
+                            break;
+                        }
+                    }
                 }
             }
-            if flow.is_break() {
-                break StopReason::Cancelled;
+            let running: Vec<usize> = (0..jobs.len()).filter(|&l| jobs[l].is_some()).collect();
+            if running.is_empty() {
+                break;
             }
-            if opts.stop_at_verdict && parser.is_complete() {
-                break StopReason::Verdict;
+            let steps: Vec<(usize, usize, &[u32])> = running
+                .iter()
+                .map(|&l| (l, held[l].len(), jobs[l].as_ref().map_or(&[][..], |j| &j.feed[..])))
+                .collect();
+            let logits = self.backend.forward_lanes(&steps)?;
+            let reserve = if opts.force_verdict { FORCE_RESERVE } else { 0 };
+            let rules = Rules { tokenizer: &self.tokenizer, stop_ids: &self.stop_ids, opts, reserve, ctx };
+            for (&lane, logits) in running.iter().zip(logits) {
+                let Some(job) = jobs[lane].as_mut() else { continue };
+                held[lane].append(&mut job.feed);
+                let next = job.sampler.sample(&logits);
+                let decode_start = *job.decode_start.get_or_insert_with(|| {
+                    job.gen.stats.prefill_ms = job.clock.ms();
+                    job.gen.stats.ttft_ms = job.gen.stats.prefill_ms;
+                    job.clock.ms()
+                });
+                match job.gen.take(next, &rules, held[lane].len(), &mut |_| ControlFlow::Continue(())) {
+                    None => job.feed.push(next),
+                    Some(stop) => {
+                        let Some(mut job) = jobs[lane].take() else { continue };
+                        let (_, verdict) = job.gen.finish();
+                        job.gen.stats.decode_ms = job.clock.ms() - decode_start;
+                        job.gen.stats.set_decode_rate();
+                        let raw = job.gen.parser.text().to_string();
+                        out[job.index] = Some(Ok(Outcome { verdict, raw, forced: false, stop, stats: job.gen.stats }));
+                        done(job.index);
+                    }
+                }
             }
-            if stats.generated_tokens >= opts.max_tokens {
-                break StopReason::MaxTokens;
-            }
-            if self.backend.position() + 1 + reserve > ctx {
-                break StopReason::Context;
-            }
-            if repeating(&generated) {
-                break StopReason::Repetition;
-            }
-            let cur = [next];
-            yield_now().await;
-            next = self.backend.forward_sample_async(&cur, &mut sampler).await?;
-            self.held.push(cur[0]);
-        };
-        let tail = decoder.finish();
-        let mut updates = parser.push(&tail);
-        let (rest, mut verdict) = parser.finish();
-        updates.extend(rest);
-        for u in updates {
-            let _ = on_event(&Event::Text { section: u.section, text: &u.text });
         }
-        let mut forced = false;
-        if verdict.is_err() && opts.force_verdict && stop != StopReason::Cancelled {
-            // The last sampled token is part of the text unless it ended the turn.
-            let pending: Vec<u32> = if stop == StopReason::EndOfTurn { vec![] } else { vec![next] };
-            let suffix = self.force_verdict(req, &pending).await?;
-            let mut updates = parser.push(&suffix);
-            let (rest, v) = parser.finish();
-            updates.extend(rest);
-            for u in updates {
-                let _ = on_event(&Event::Text { section: u.section, text: &u.text });
+        let mut results: Vec<Result<Outcome>> = out.into_iter().flatten().collect();
+        for (req, r) in reqs.iter().zip(results.iter_mut()) {
+            let unforced = matches!(r, Ok(o) if o.verdict.is_err() && o.stop != StopReason::Cancelled);
+            if opts.force_verdict && unforced {
+                *r = Ok(self.classify(req, opts, |_| ControlFlow::Continue(()))?);
             }
-            verdict = v;
-            forced = true;
         }
-        stats.decode_ms = clock.ms() - decode_start;
-        if stats.generated_tokens > 1 && stats.decode_ms > 0.0 {
-            stats.decode_tok_s = (stats.generated_tokens - 1) as f64 / (stats.decode_ms / 1000.0);
-        }
-        Ok(Outcome { verdict, raw: parser.text().to_string(), forced, stop, stats })
+        Ok(results)
     }
 
     /// Writes the verdict lines after whatever the model generated, choosing each open value by
@@ -553,6 +636,96 @@ impl Guard {
         let total = clock.elapsed();
         self.backend.truncate(0);
         Ok((prefill, total - prefill))
+    }
+}
+
+/// Tokens at the start of `ids` whose KV state `held` already has; at least one token of `ids`
+/// is always left to feed, since the next token's logits come from feeding one.
+fn shared_prefix(held: &[u32], ids: &[u32]) -> usize {
+    let common = held.iter().zip(ids).take_while(|(a, b)| a == b).count();
+    common.min(ids.len().saturating_sub(1))
+}
+
+/// What ends a generation, shared by every request of a call.
+struct Rules<'a> {
+    tokenizer: &'a Tokenizer,
+    stop_ids: &'a [u32],
+    opts: &'a ClassifyOptions,
+    /// Positions kept free for a forced verdict.
+    reserve: usize,
+    /// Positions the backend holds at most.
+    ctx: usize,
+}
+
+/// One request's generation: the tokens so far, their text through the streaming parser, stats.
+struct Generation {
+    parser: StreamParser,
+    decoder: TokenDecoder,
+    generated: Vec<u32>,
+    stats: Stats,
+}
+
+impl Generation {
+    fn new(req: &GuardRequest, prompt_tokens: usize, reused_tokens: usize) -> Self {
+        Generation {
+            parser: StreamParser::new(req.format, req.mode),
+            decoder: TokenDecoder::new(),
+            generated: Vec::new(),
+            stats: Stats { prompt_tokens, reused_tokens, ..Stats::default() },
+        }
+    }
+
+    /// Takes the next sampled token (not yet fed back; the backend holds `position` positions),
+    /// reports it and its text, and says why generation stops here, if it does.
+    fn take(
+        &mut self,
+        next: u32,
+        rules: &Rules,
+        position: usize,
+        on_event: &mut impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Option<StopReason> {
+        if rules.stop_ids.contains(&next) {
+            return Some(StopReason::EndOfTurn);
+        }
+        self.stats.generated_tokens += 1;
+        self.generated.push(next);
+        let text = self.decoder.push(rules.tokenizer, next);
+        let mut flow = on_event(&Event::Token { id: next, text: &text });
+        for u in self.parser.push(&text) {
+            if flow.is_continue() {
+                flow = on_event(&Event::Text { section: u.section, text: &u.text });
+            }
+        }
+        if flow.is_break() {
+            Some(StopReason::Cancelled)
+        } else if rules.opts.stop_at_verdict && self.parser.is_complete() {
+            Some(StopReason::Verdict)
+        } else if self.stats.generated_tokens >= rules.opts.max_tokens {
+            Some(StopReason::MaxTokens)
+        } else if position + 1 + rules.reserve > rules.ctx {
+            Some(StopReason::Context)
+        } else if repeating(&self.generated) {
+            Some(StopReason::Repetition)
+        } else {
+            None
+        }
+    }
+
+    /// The text still held by the decoder and parser, and the verdict.
+    fn finish(&mut self) -> (Vec<vigil_models::guard::Update>, Parsed) {
+        let tail = self.decoder.finish();
+        let mut updates = self.parser.push(&tail);
+        let (rest, verdict) = self.parser.finish();
+        updates.extend(rest);
+        (updates, verdict)
+    }
+}
+
+impl Stats {
+    fn set_decode_rate(&mut self) {
+        if self.generated_tokens > 1 && self.decode_ms > 0.0 {
+            self.decode_tok_s = (self.generated_tokens - 1) as f64 / (self.decode_ms / 1000.0);
+        }
     }
 }
 

@@ -89,6 +89,10 @@ pub struct EvalArgs {
     /// Most tokens generated per item.
     #[arg(long, default_value_t = 320)]
     pub max_tokens: usize,
+    /// Items decoded side by side on the CPU (one decoder pass feeds a token of each; the verdicts
+    /// do not change). 1: one after another.
+    #[arg(long, default_value_t = 8)]
+    pub lanes: usize,
     /// Only the first N items.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -140,6 +144,9 @@ pub struct StressArgs {
     pub limit: Option<usize>,
     #[arg(long, default_value_t = 320)]
     pub max_tokens: usize,
+    /// Items decoded side by side on the CPU (as `vigil eval --lanes`).
+    #[arg(long, default_value_t = 8)]
+    pub lanes: usize,
     /// Bootstrap resamples for the 95 % intervals.
     #[arg(long, default_value_t = 2000)]
     pub resamples: usize,
@@ -502,6 +509,10 @@ pub struct ClassifyArgs {
     /// Print one JSON object per input instead of the streamed reasoning.
     #[arg(long)]
     pub json: bool,
+    /// With --json, inputs decoded side by side on the CPU (the answers do not change). 1: one
+    /// after another.
+    #[arg(long, default_value_t = 8)]
+    pub lanes: usize,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 384)]
     pub max_tokens: usize,

@@ -7,7 +7,6 @@
 //! λ > 0 (λ = 0 would be `sft-only` again, or no loss at all for `contrastive-only`).
 
 use std::collections::BTreeMap;
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -127,14 +126,14 @@ fn stress_file(model_path: &Path, adapter: &Path, o: &SweepOptions, out: &Path) 
     let mut guard = Guard::open_cpu(model_path, 4096)?;
     guard.set_adapter(Some(&LoraAdapter::from_gguf(&Gguf::open(adapter)?)?))?;
     let opts = ClassifyOptions { max_tokens: o.stress_max_tokens, force_verdict: false, ..ClassifyOptions::default() };
+    let reqs: Vec<GuardRequest> = items.iter().map(|it| GuardRequest::new(it.text.clone())).collect();
     let mut outcomes = Vec::new();
-    for it in &items {
-        let r = guard.classify(&GuardRequest::new(it.text.clone()), &opts, |_| ControlFlow::Continue(()))?;
+    for (it, r) in items.iter().zip(guard.classify_batch(&reqs, &opts, 8, |_| {})?) {
         outcomes.push(stress::Outcome {
             id: it.id.clone(),
             category: it.category.clone(),
             condition: it.condition.clone(),
-            pred: r.verdict.ok().map(|v| v.label),
+            pred: r?.verdict.ok().map(|v| v.label),
         });
     }
     let t = stress::table(&outcomes, 200);

@@ -310,29 +310,75 @@ impl Llama {
 
     /// Final-norm hidden states [1, t, d].
     pub fn hidden(&self, tokens: &[u32], cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let t = tokens.len();
-        if t == 0 {
-            return Err(Error::Input("no tokens to run".into()));
+        self.hidden_of(&mut [(tokens, cache)])
+    }
+
+    /// Several independent sequences advanced in one pass, each `(tokens, cache)` continuing its
+    /// own cache (a decoding batch): the linear layers run over all their tokens together, so each
+    /// weight is read once per step rather than once per sequence; attention stays per sequence.
+    /// Each sequence's row of the result is computed exactly as [`Llama::forward`] computes it
+    /// alone. → the logits after each sequence's last token, [n, vocab].
+    pub fn forward_many(&self, steps: &mut [(&[u32], &mut KvCache)]) -> Result<Tensor> {
+        let mut with: Vec<_> = steps.iter_mut().map(|(ids, c)| (*ids, Some(&mut **c))).collect();
+        let h = self.hidden_of(&mut with)?.squeeze(0)?;
+        let ends: Vec<u32> = steps
+            .iter()
+            .scan(0u32, |end, (ids, _)| {
+                *end += ids.len() as u32;
+                Some(*end - 1)
+            })
+            .collect();
+        let h = h.index_select(&Tensor::new(ends.as_slice(), &self.dev)?, 0)?;
+        Ok(self.lm_head.forward(&h)?)
+    }
+
+    /// Final-norm hidden states [1, Σ t, d] of sequences that each continue their cache, or of
+    /// one whole sequence without a cache.
+    fn hidden_of(&self, steps: &mut [(&[u32], Option<&mut KvCache>)]) -> Result<Tensor> {
+        if steps.is_empty() {
+            return Err(Error::Input("no sequences to run".into()));
         }
-        let start = cache.as_ref().map_or(0, |c| c.len());
-        let limit = cache.as_ref().map_or(self.cfg.context_length, |c| c.capacity());
-        if start + t > limit {
-            return Err(Error::Input(format!(
-                "{} tokens ({start} cached + {t} new) exceed the context of {limit}",
-                start + t
-            )));
+        let (mut tokens, mut positions) = (Vec::new(), Vec::new());
+        for (i, (ids, cache)) in steps.iter().enumerate() {
+            let t = ids.len();
+            if t == 0 {
+                let which = if steps.len() > 1 { format!(" (sequence {i})") } else { String::new() };
+                return Err(Error::Input(format!("no tokens to run{which}")));
+            }
+            let start = cache.as_ref().map_or(0, |c| c.len());
+            let limit = cache.as_ref().map_or(self.cfg.context_length, |c| c.capacity());
+            if start + t > limit {
+                return Err(Error::Input(format!(
+                    "{} tokens ({start} cached + {t} new) exceed the context of {limit}",
+                    start + t
+                )));
+            }
+            tokens.extend_from_slice(ids);
+            positions.extend(start..start + t);
         }
         let attend = |base: f32, window: Option<usize>| -> Result<Attend> {
-            // one new token sees every cached one, unless a window hides the oldest
-            let masked = t > 1 || window.is_some_and(|w| start + t > w);
-            let mask = if masked { Some(ops::causal_mask(t, start, window, &self.dev)?) } else { None };
-            Ok(Attend { rot: ops::Rotary::new(base, self.cfg.rope_dim, start, t), vis: ops::Visibility::Causal(mask) })
+            let mut parts = Vec::with_capacity(steps.len());
+            for (ids, cache) in steps.iter() {
+                let (t, start) = (ids.len(), cache.as_ref().map_or(0, |c| c.len()));
+                // one new token sees every cached one, unless a window hides the oldest
+                let masked = t > 1 || window.is_some_and(|w| start + t > w);
+                parts.push((t, masked.then(|| ops::causal_mask(t, start, window, &self.dev)).transpose()?));
+            }
+            Ok(Attend {
+                rot: ops::Rotary::at(base, self.cfg.rope_dim, positions.iter().copied()),
+                vis: ops::Visibility::Causal(parts),
+            })
         };
         let pass = Pass {
             global: attend(self.cfg.rope_base, None)?,
             local: self.local_layers().map(|(base, w)| attend(base, Some(w))).transpose()?,
         };
-        self.run_blocks(tokens, cache, &pass)
+        let n = steps.len();
+        let mut caches: Vec<&mut KvCache> = steps.iter_mut().filter_map(|(_, c)| c.as_deref_mut()).collect();
+        if caches.len() != n && (n > 1 || !caches.is_empty()) {
+            return Err(Error::Input("sequences run side by side each need a cache".into()));
+        }
+        self.run_blocks(&tokens, &mut caches, &pass)
     }
 
     /// RoPE base and window of the sliding-window layers, if the model has any.
@@ -342,7 +388,8 @@ impl Llama {
     }
 
     /// The decoder over `tokens` with the given positions (rotary tables) and attention visibility.
-    fn run_blocks(&self, tokens: &[u32], mut cache: Option<&mut KvCache>, pass: &Pass) -> Result<Tensor> {
+    /// `caches` holds one cache per sequence of a causal pass, or none (one whole sequence).
+    fn run_blocks(&self, tokens: &[u32], caches: &mut [&mut KvCache], pass: &Pass) -> Result<Tensor> {
         let t = tokens.len();
         let cfg = &self.cfg;
         let (hd, nh, nkv) = (cfg.head_dim, cfg.n_head, cfg.n_head_kv);
@@ -351,14 +398,19 @@ impl Llama {
         if cfg.scale_embeddings {
             x = (x * (cfg.n_embd as f64).sqrt())?;
         }
-        /// A pass's visibility made ready for a layer kind: its mask, or a packed pass's masks.
+        /// A pass's visibility made ready for a layer kind: its masks, or a packed pass's masks.
         enum Ready {
-            Causal(Option<ops::CausalMask>),
+            Causal(Vec<(usize, Option<ops::CausalMask>)>),
             Packed(usize, Vec<usize>, Vec<ops::CausalMask>),
         }
         let ready = |a: &Attend, window: Option<usize>| -> Result<Ready> {
             Ok(match &a.vis {
-                ops::Visibility::Causal(m) => Ready::Causal(m.as_ref().map(|m| m.to_dtype(dt)).transpose()?),
+                ops::Visibility::Causal(parts) => Ready::Causal(
+                    parts
+                        .iter()
+                        .map(|(t, m)| Ok((*t, m.as_ref().map(|m| m.to_dtype(dt)).transpose()?)))
+                        .collect::<Result<_>>()?,
+                ),
                 ops::Visibility::Packed { prefix, lens } => {
                     Ready::Packed(*prefix, lens.clone(), ops::packed_masks(*prefix, lens, window, dt, &self.dev)?)
                 }
@@ -386,13 +438,25 @@ impl Llama {
             let q = attend.rot.apply(&heads(q)?, cfg.rope_style)?;
             let k = attend.rot.apply(&heads(k)?, cfg.rope_style)?;
             let v = heads(split(b.v.forward(&h)?, nkv)?)?;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(c) => c.append(il, &k, &v)?,
-                None => (k, v),
-            };
             let a = match vis {
                 Ready::Packed(prefix, lens, masks) => ops::packed_attention(&q, &k, &v, (*prefix, lens), masks, scale)?,
-                Ready::Causal(mask) => ops::attention(&q, &k, &v, mask.as_ref(), scale)?,
+                Ready::Causal(parts) if caches.is_empty() => ops::attention(&q, &k, &v, parts[0].1.as_ref(), scale)?,
+                Ready::Causal(parts) if parts.len() == 1 => {
+                    let (k, v) = caches[0].append(il, &k, &v)?;
+                    ops::attention(&q, &k, &v, parts[0].1.as_ref(), scale)?
+                }
+                // a batch: each sequence's rows against its own cache
+                Ready::Causal(parts) => {
+                    let mut outs = Vec::with_capacity(parts.len());
+                    let mut at = 0;
+                    for ((n, mask), c) in parts.iter().zip(caches.iter_mut()) {
+                        let rows = |x: &Tensor| x.narrow(2, at, *n)?.contiguous();
+                        let (k, v) = c.append(il, &rows(&k)?, &rows(&v)?)?;
+                        outs.push(ops::attention(&rows(&q)?, &k, &v, mask.as_ref(), scale)?);
+                        at += n;
+                    }
+                    Tensor::cat(&outs, 2)?
+                }
             };
             let a = b.o.forward(&a.transpose(1, 2)?.reshape((1, t, nh * hd))?)?;
             let a = match &b.post_attn_norm {
@@ -409,8 +473,10 @@ impl Llama {
             };
             x = (x + m)?;
         }
-        if let Some(c) = cache {
-            c.advance(t);
+        if let ops::Visibility::Causal(parts) = &pass.global.vis {
+            for (c, (n, _)) in caches.iter_mut().zip(parts) {
+                c.advance(*n);
+            }
         }
         self.out_norm.forward(&x)
     }
@@ -502,7 +568,7 @@ impl Llama {
         };
         let pass =
             Pass { global: attend(self.cfg.rope_base), local: self.local_layers().map(|(base, _)| attend(base)) };
-        let h = self.run_blocks(&tokens, None, &pass)?.squeeze(0)?;
+        let h = self.run_blocks(&tokens, &mut [], &pass)?.squeeze(0)?;
         let h = h.index_select(&Tensor::new(rows.as_slice(), &self.dev)?, 0)?;
         self.head_losses(&h, targets)
     }
@@ -510,5 +576,57 @@ impl Llama {
     /// Logits as an f32 vector (for sampling).
     pub fn logits_vec(logits: &Tensor) -> Result<Vec<f32>> {
         Ok(logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::GgmlType;
+
+    /// Sequences run side by side give, row for row, exactly the logits each gives alone — with
+    /// different cached lengths, several new tokens in one sequence and one in another, and (Gemma 3)
+    /// sliding-window layers whose window hides the oldest cached keys; with and without an adapter.
+    #[test]
+    fn sequences_side_by_side_equal_each_alone() {
+        for (bytes, ty) in [
+            (crate::testing::tiny_llama(GgmlType::Q8_0, 5), "llama q8_0"),
+            (crate::testing::tiny_llama(GgmlType::F32, 6), "llama f32"),
+            (crate::testing::tiny_gemma3(GgmlType::Q8_0, 7), "gemma3 q8_0"),
+        ] {
+            let g = Gguf::from_bytes("tiny.gguf", bytes).unwrap();
+            let mut m = Llama::load(&g, WeightMode::Quantized, &Device::Cpu).unwrap();
+            if ty == "llama q8_0" {
+                let adapter = LoraAdapter::random("llama", &m.lora_targets(), 4, 8.0, 0.2, 9);
+                m.set_adapter(Some(&adapter)).unwrap();
+            }
+            let seqs: [(&[u32], &[u32]); 3] = [
+                (&[10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110], &[7]),
+                (&[5, 6], &[8, 9, 10]),
+                (&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], &[14, 15]),
+            ];
+            let mut alone = Vec::new();
+            let mut caches = Vec::new();
+            for (past, new) in seqs {
+                let mut c = m.new_cache(64);
+                m.forward(past, Some(&mut c), Logits::Last).unwrap();
+                caches.push(c);
+                let mut c = m.new_cache(64);
+                m.forward(past, Some(&mut c), Logits::Last).unwrap();
+                alone.push(Llama::logits_vec(&m.forward(new, Some(&mut c), Logits::Last).unwrap()).unwrap());
+            }
+            let mut steps: Vec<(&[u32], &mut KvCache)> = seqs.iter().map(|s| s.1).zip(caches.iter_mut()).collect();
+            let together = m.forward_many(&mut steps).unwrap();
+            assert_eq!(together.dims2().unwrap(), (3, m.config().vocab_size), "{ty}");
+            for (i, row) in alone.iter().enumerate() {
+                let got = Llama::logits_vec(&together.get(i).unwrap()).unwrap();
+                assert_eq!(&got, row, "{ty}: sequence {i}");
+            }
+            for ((past, new), c) in seqs.iter().zip(&caches) {
+                assert_eq!(c.len(), past.len() + new.len(), "{ty}: each cache advanced by its own tokens");
+            }
+            let mut none: Vec<(&[u32], &mut KvCache)> = vec![(&[], &mut caches[0])];
+            assert!(m.forward_many(&mut none).unwrap_err().to_string().contains("no tokens"));
+        }
     }
 }

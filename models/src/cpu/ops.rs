@@ -159,8 +159,9 @@ pub fn causal_mask(t: usize, start: usize, window: Option<usize>, dev: &Device) 
 
 /// Which earlier tokens each query of a decoder pass attends to.
 pub enum Visibility {
-    /// Causal over a cache's tokens and the new ones: the mask (None for one new token).
-    Causal(Option<CausalMask>),
+    /// Independent causal sequences side by side (one, or a decoding batch), each `len` new
+    /// tokens after its own cached ones, with its mask (None for one new token, which sees them all).
+    Causal(Vec<(usize, Option<CausalMask>)>),
     /// A packed pass: a shared prefix (causal), then segments of `lens` tokens, each seeing the
     /// whole prefix and its own earlier tokens, never another segment.
     Packed { prefix: usize, lens: Vec<usize> },

@@ -48,6 +48,17 @@ pub trait Backend {
     fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler) -> Result<u32> {
         pollster::block_on(self.forward_sample_async(tokens, sampler))
     }
+    /// Whether [`Backend::forward_lanes`] runs sequences side by side here.
+    fn has_lanes(&self) -> bool {
+        false
+    }
+    /// Runs sequences side by side, each continuing its own KV state (a lane, apart from the main
+    /// sequence's): every `(lane, keep, tokens)` keeps the lane's first `keep` positions, feeds
+    /// `tokens` and gets the logits after the last one, in order.
+    fn forward_lanes(&mut self, steps: &[(usize, usize, &[u32])]) -> Result<Vec<Vec<f32>>> {
+        let _ = steps;
+        Err(vigil_models::Error::Input(format!("the {} backend runs one sequence at a time", self.name())))
+    }
     /// Attaches or removes a LoRA adapter. Clears the KV state (it depended on the old weights).
     fn set_adapter(&mut self, adapter: Option<&LoraAdapter>) -> Result<()>;
     /// What the backend runs on, for reports.

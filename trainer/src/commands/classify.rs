@@ -54,16 +54,7 @@ pub fn run(args: ClassifyArgs, _g: &Global) -> Result<()> {
     }
     let mut failures = 0;
     let stdout = std::io::stdout();
-    for input in inputs {
-        let req = GuardRequest::new(input.content.clone())
-            .with_response(input.response.clone())
-            .with_mode(mode)
-            .with_format(format);
-        let result = if args.json {
-            classify_quiet(&mut guard, &req, &opts)
-        } else {
-            classify_streaming(&mut guard, &req, &opts)
-        };
+    let mut report = |input: &Input, result: Result<Outcome>| -> Result<()> {
         match result {
             Ok(outcome) => {
                 if args.json {
@@ -87,6 +78,29 @@ pub fn run(args: ClassifyArgs, _g: &Global) -> Result<()> {
                     writeln!(stdout.lock(), "{o}")?;
                 }
             }
+        }
+        Ok(())
+    };
+    let reqs: Vec<GuardRequest> = inputs
+        .iter()
+        .map(|input| {
+            GuardRequest::new(input.content.clone())
+                .with_response(input.response.clone())
+                .with_mode(mode)
+                .with_format(format)
+        })
+        .collect();
+    if args.json {
+        // JSON lines come in input order, a chunk at a time, each chunk decoded side by side
+        const CHUNK: usize = 64;
+        for (inputs, reqs) in inputs.chunks(CHUNK).zip(reqs.chunks(CHUNK)) {
+            for (input, r) in inputs.iter().zip(guard.classify_batch(reqs, &opts, args.lanes, |_| {})?) {
+                report(input, r.map_err(Into::into))?;
+            }
+        }
+    } else {
+        for (input, req) in inputs.iter().zip(&reqs) {
+            report(input, classify_streaming(&mut guard, req, &opts))?;
         }
     }
     if failures > 0 {
@@ -148,10 +162,6 @@ fn parse_line(line: &str) -> Result<(String, Option<String>, Option<serde_json::
         Some(_) => return Err("`response` is not a string".into()),
     };
     Ok((text, response, obj.get("id").cloned()))
-}
-
-fn classify_quiet(guard: &mut Guard, req: &GuardRequest, opts: &ClassifyOptions) -> Result<Outcome> {
-    Ok(guard.classify(req, opts, |_| ControlFlow::Continue(()))?)
 }
 
 /// Streams section text to stdout as it arrives.

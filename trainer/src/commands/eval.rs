@@ -34,7 +34,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let backend = guard.backend_name().to_string();
     let run_all = |guard: &mut vigil_runtime::Guard, what: &str| -> Result<Vec<metrics::Record>> {
         let pb = vigil_trainer::progress::items(what, items.len() as u64);
-        let r = eval::run_model(guard, &items, format, a.max_tokens, |i| pb.set_position(i as u64));
+        let r = eval::run_model(guard, &items, format, a.max_tokens, a.lanes, |i| pb.set_position(i as u64));
         pb.finish_and_clear();
         r
     };
@@ -143,7 +143,6 @@ pub fn probe(a: crate::cli::ProbeArgs) -> Result<()> {
 
 /// `vigil stress`.
 pub fn stress(a: crate::cli::StressArgs) -> Result<()> {
-    use std::ops::ControlFlow;
     use vigil_models::guard::GuardRequest;
     use vigil_runtime::ClassifyOptions;
     use vigil_trainer::data::jailbreak::StressItem;
@@ -162,16 +161,21 @@ pub fn stress(a: crate::cli::StressArgs) -> Result<()> {
         let ad = super::load_adapter(adapter, &super::resolve_model(&a.model)?)?;
         guard.set_adapter(ad.as_ref())?;
         let pb = vigil_trainer::progress::items("stress", items.len() as u64);
+        let reqs: Vec<GuardRequest> = items.iter().map(|it| GuardRequest::new(it.text.clone())).collect();
+        let mut finished = 0;
+        let results = guard.classify_batch(&reqs, &opts, a.lanes, |_| {
+            finished += 1;
+            pb.set_position(finished)
+        })?;
         let mut out = Vec::new();
-        for (i, it) in items.iter().enumerate() {
-            let o = guard.classify(&GuardRequest::new(it.text.clone()), &opts, |_| ControlFlow::Continue(()))?;
+        for (it, o) in items.iter().zip(results) {
+            let o = o.with_context(|| format!("stress item {}", it.id))?;
             out.push(s::Outcome {
                 id: it.id.clone(),
                 category: it.category.clone(),
                 condition: it.condition.clone(),
                 pred: o.verdict.as_ref().ok().map(|v| v.label),
             });
-            pb.set_position(i as u64 + 1);
         }
         pb.finish_and_clear();
         tables.insert(adapter.clone(), s::table(&out, a.resamples));

@@ -10,9 +10,7 @@ pub mod probe;
 pub mod report;
 pub mod stress;
 
-use std::ops::ControlFlow;
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -95,21 +93,29 @@ pub fn tags_in_order(raw: &str) -> bool {
     true
 }
 
-/// Runs the guard over the items (greedy, no forced verdict: format failures count).
+/// Runs the guard over the items (greedy, no forced verdict: format failures count), `lanes`
+/// of them side by side (see [`Guard::classify_batch`]; the verdicts do not depend on it).
 pub fn run_model(
     guard: &mut Guard,
     items: &[EvalItem],
     format: OutputFormat,
     max_tokens: usize,
+    lanes: usize,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<Record>> {
     let opts = ClassifyOptions { max_tokens, force_verdict: false, ..ClassifyOptions::default() };
+    let reqs: Vec<GuardRequest> = items
+        .iter()
+        .map(|it| GuardRequest::new(it.text.clone()).with_response(it.response.clone()).with_format(format))
+        .collect();
+    let mut finished = 0;
+    let outcomes = guard.classify_batch(&reqs, &opts, lanes, |_| {
+        finished += 1;
+        progress(finished)
+    })?;
     let mut out = Vec::with_capacity(items.len());
-    for (i, it) in items.iter().enumerate() {
-        let req = GuardRequest::new(it.text.clone()).with_response(it.response.clone()).with_format(format);
-        let t = Instant::now();
-        let o =
-            guard.classify(&req, &opts, |_| ControlFlow::Continue(())).with_context(|| format!("item {}", it.id))?;
+    for (it, o) in items.iter().zip(outcomes) {
+        let o = o.with_context(|| format!("item {}", it.id))?;
         let (pred, pred_policies, reasoning) = match &o.verdict {
             Ok(v) => (Some(v.label), v.policies.clone(), v.reasoning.clone()),
             Err(_) => (None, vec![], String::new()),
@@ -126,9 +132,8 @@ pub fn run_model(
             tags_ok: (format == OutputFormat::DualStream).then(|| tags_in_order(&o.raw)),
             raw: o.raw,
             generated_tokens: o.stats.generated_tokens,
-            seconds: t.elapsed().as_secs_f64(),
+            seconds: (o.stats.prefill_ms + o.stats.decode_ms) / 1000.0,
         });
-        progress(i + 1);
     }
     Ok(out)
 }
