@@ -256,7 +256,16 @@ impl Linear {
                     Some(spec) => (x * mask_tensor(&spec, x)?)?,
                     None => x.clone(),
                 };
-                let delta = x.broadcast_matmul(&l.a.t()?)?.broadcast_matmul(&l.b.t()?)?;
+                let delta = if x.dtype() == DType::F32 && !(x.track_op() || l.a.track_op() || l.b.track_op()) {
+                    // Inference: row by row in a fixed order, so a row's result does not depend
+                    // on the rows beside it (gemm blocks k differently for different row counts),
+                    // and a sequence decoded beside others gives what it gives alone.
+                    let x3 = x.reshape(((), self.in_dim))?.unsqueeze(0)?;
+                    let h = super::ops::rows_dot(&x3, &l.a.unsqueeze(0)?)?;
+                    super::ops::rows_dot(&h, &l.b.unsqueeze(0)?)?.reshape(y.shape())?
+                } else {
+                    x.broadcast_matmul(&l.a.t()?)?.broadcast_matmul(&l.b.t()?)?
+                };
                 y + (delta * l.scale)?
             }
         }

@@ -32,6 +32,7 @@ pub struct Record {
     /// For dual-stream output: `<think>`, `<proof>`, `<answer>` present, in order, closed.
     pub tags_ok: Option<bool>,
     pub generated_tokens: usize,
+    /// The item's share of the run's wall time (its latency, scaled where items ran side by side).
     pub seconds: f64,
 }
 

@@ -109,13 +109,21 @@ pub fn run_model(
         .map(|it| GuardRequest::new(it.text.clone()).with_response(it.response.clone()).with_format(format))
         .collect();
     let mut finished = 0;
+    let wall = std::time::Instant::now();
     let outcomes = guard.classify_batch(&reqs, &opts, lanes, |_| {
         finished += 1;
         progress(finished)
     })?;
+    let wall = wall.elapsed().as_secs_f64();
+    // items that ran side by side overlap in time: scale their latencies into shares of the run's
+    // wall time, so that the shares add up to it and tokens / Σ seconds is the run's throughput
+    let latency = |o: &vigil_runtime::Outcome| (o.stats.prefill_ms + o.stats.decode_ms) / 1000.0;
+    let total: f64 = outcomes.iter().flatten().map(latency).sum();
+    let share = if total > 0.0 { wall / total } else { 0.0 };
     let mut out = Vec::with_capacity(items.len());
     for (it, o) in items.iter().zip(outcomes) {
         let o = o.with_context(|| format!("item {}", it.id))?;
+        let seconds = latency(&o) * share;
         let (pred, pred_policies, reasoning) = match &o.verdict {
             Ok(v) => (Some(v.label), v.policies.clone(), v.reasoning.clone()),
             Err(_) => (None, vec![], String::new()),
@@ -132,7 +140,7 @@ pub fn run_model(
             tags_ok: (format == OutputFormat::DualStream).then(|| tags_in_order(&o.raw)),
             raw: o.raw,
             generated_tokens: o.stats.generated_tokens,
-            seconds: (o.stats.prefill_ms + o.stats.decode_ms) / 1000.0,
+            seconds,
         });
     }
     Ok(out)
