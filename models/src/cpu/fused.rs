@@ -680,7 +680,7 @@ pub(crate) fn par_chunks(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) 
 }
 
 /// Output rows of a [B, M, ·] result computed in parallel by the thread team.
-fn par_rows(out: &mut [f32], row_len: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+pub(crate) fn par_rows(out: &mut [f32], row_len: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
     #[derive(Clone, Copy)]
     struct Out(*mut f32);
     // SAFETY: each task writes only its own row.

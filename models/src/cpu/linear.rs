@@ -257,12 +257,8 @@ impl Linear {
                     None => x.clone(),
                 };
                 let delta = if x.dtype() == DType::F32 && !(x.track_op() || l.a.track_op() || l.b.track_op()) {
-                    // Inference: row by row in a fixed order, so a row's result does not depend
-                    // on the rows beside it (gemm blocks k differently for different row counts),
-                    // and a sequence decoded beside others gives what it gives alone.
-                    let x3 = x.reshape(((), self.in_dim))?.unsqueeze(0)?;
-                    let h = super::ops::rows_dot(&x3, &l.a.unsqueeze(0)?)?;
-                    super::ops::rows_dot(&h, &l.b.unsqueeze(0)?)?.reshape(y.shape())?
+                    // inference: row by row, so that no row depends on the rows beside it
+                    x.contiguous()?.apply_op3_no_bwd(&l.a.contiguous()?, &l.b.contiguous()?, &super::lora::LoraDelta)?
                 } else {
                     x.broadcast_matmul(&l.a.t()?)?.broadcast_matmul(&l.b.t()?)?
                 };

@@ -151,6 +151,14 @@ impl<'a, T> Mat<'a, T> {
 /// dst [m, n] = (dst, if `accumulate`) + scale · lhs · rhs, on gemm (the kernels candle's matmul
 /// uses), split over the rayon pool like candle's.
 fn product<T: Float>(dst: &mut [T], accumulate: bool, scale: T, lhs: Mat<T>, rhs: Mat<T>) {
+    let threads = candle_core::utils::get_num_threads();
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    product_on(par, dst, accumulate, scale, lhs, rhs)
+}
+
+/// [`product`] on the given parallelism (which splits rows and columns, never the sum: the
+/// values do not depend on it).
+fn product_on<T: Float>(par: gemm::Parallelism, dst: &mut [T], accumulate: bool, scale: T, lhs: Mat<T>, rhs: Mat<T>) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert!(rhs.rows == k && dst.len() == m * n, "[{m}, {k}] · [{}, {n}] into {} values", rhs.rows, dst.len());
     if m == 0 || n == 0 {
@@ -161,8 +169,6 @@ fn product<T: Float>(dst: &mut [T], accumulate: bool, scale: T, lhs: Mat<T>, rhs
         let last = (v.rows.max(1) - 1) * v.row_stride + (v.cols.max(1) - 1) * v.col_stride;
         assert!(v.rows == 0 || v.cols == 0 || last < v.data.len(), "a matrix view past its data");
     }
-    let threads = candle_core::utils::get_num_threads();
-    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: every index the strides reach is inside its slice (checked above); dst is m × n row-major.
     unsafe {
         gemm::gemm(
@@ -323,6 +329,53 @@ impl CustomOp3 for LoraMatMul {
     }
 }
 
+/// A LoRA branch at inference, (x·Aᵀ)·Bᵀ for x [.., in] contiguous, A [r, in], B [out, r]: each
+/// row on its own, as candle's matmul computes a single row (the decode step), rows split over the
+/// thread team. A row's result then does not depend on the rows beside it — gemm blocks the sum
+/// differently for other row counts — so a prompt prefilled after a kept prefix, or decoded beside
+/// other sequences, gives what it gives alone, and decoding keeps its arithmetic.
+pub struct LoraDelta;
+
+impl CustomOp3 for LoraDelta {
+    fn name(&self) -> &'static str {
+        "lora-delta"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let ((r, k), (n, r2)) = (l2.shape().dims2()?, l3.shape().dims2()?);
+        let dims = l1.dims();
+        if dims.last() != Some(&k) || r != r2 {
+            candle_core::bail!("lora-delta: x {dims:?}, A {:?} and B {:?} do not fit", l2.dims(), l3.dims());
+        }
+        let (x, a, b) = (slice::<f32>(s1, l1, "x")?, slice::<f32>(s2, l2, "A")?, slice::<f32>(s3, l3, "B")?);
+        let mut out = vec![0f32; x.len() / k.max(1) * n];
+        super::fused::par_rows(&mut out, n, &|i, row| {
+            let mut h = vec![0f32; r];
+            let none = gemm::Parallelism::None;
+            product_on(
+                none,
+                &mut h,
+                false,
+                1.0,
+                Mat::row_major(&x[i * k..(i + 1) * k], 1, k),
+                Mat::row_major(a, r, k).t(),
+            );
+            product_on(none, row, false, 1.0, Mat::row_major(&h, 1, r), Mat::row_major(b, n, r).t());
+        });
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().unwrap() = n;
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+    }
+}
+
 /// x ⊙ m (the backward pass redraws the forward's mask instead of keeping x ⊙ m alive).
 struct ApplyMask(MaskSpec);
 
@@ -403,6 +456,28 @@ impl CustomOp3 for InputGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The inference branch gives each row exactly what candle's matmuls give that row alone (the
+    /// decode step's arithmetic), whatever rows come with it; SmolLM2's shapes and a small one.
+    #[test]
+    fn lora_delta_rows_equal_single_row_matmuls() {
+        let dev = candle_core::Device::Cpu;
+        for (m, k, r, n) in [(37, 576, 16, 1536), (5, 64, 4, 48)] {
+            let x = crate::testing::randn(&[m, k], 1.0, 1);
+            let (a, b) = (crate::testing::randn(&[r, k], 0.1, 2), crate::testing::randn(&[n, r], 0.1, 3));
+            let got = x.apply_op3_no_bwd(&a, &b, &LoraDelta).unwrap();
+            assert_eq!(got.dims(), [m, n]);
+            for i in 0..m {
+                let row = x.narrow(0, i, 1).unwrap();
+                let want = row.matmul(&a.t().unwrap()).unwrap().matmul(&b.t().unwrap()).unwrap();
+                let (g, w): (Vec<f32>, Vec<f32>) = (
+                    got.get(i).unwrap().to_vec1().unwrap(),
+                    want.flatten_all().unwrap().to_device(&dev).unwrap().to_vec1().unwrap(),
+                );
+                assert!(g == w, "[{m}, {k}] row {i} differs from the single-row product");
+            }
+        }
+    }
 
     /// `product` on plain and transposed views, with and without accumulation, is the plain triple loop.
     #[test]

@@ -244,7 +244,7 @@ fn training(a: &Tensor, b: &Tensor) -> bool {
 
 /// a [.., m, d] · b [.., n, d]ᵀ with the same arithmetic on every platform (f32 inference; else
 /// candle's).
-pub(crate) fn rows_dot(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+fn rows_dot(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.dtype() != DType::F32 || a.rank() < 3 || training(a, b) {
         return a.matmul(&b.t()?);
     }
