@@ -47,6 +47,15 @@ impl Default for ClassifyOptions {
 /// Tokens kept free for a forced verdict.
 const FORCE_RESERVE: usize = 48;
 
+/// Positions a request keeps free in the context.
+fn reserve(opts: &ClassifyOptions) -> usize {
+    if opts.force_verdict {
+        FORCE_RESERVE
+    } else {
+        0
+    }
+}
+
 /// Something that happened while classifying, reported as it happens.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event<'a> {
@@ -353,7 +362,8 @@ impl Guard {
         opts: &ClassifyOptions,
         on_event: &mut impl FnMut(&Event) -> ControlFlow<()>,
     ) -> Result<Outcome> {
-        let (ids, reserve) = self.checked_prompt(req, opts)?;
+        let ids = self.checked_prompt(req, opts)?;
+        let reserve = reserve(opts);
         let ctx = self.backend.context();
         let clock = Clock::start();
         // Reuse the KV state of the prefix shared with what the backend holds.
@@ -401,9 +411,9 @@ impl Guard {
         Ok(Outcome { verdict, raw: gen.parser.text().to_string(), forced, stop, stats: gen.stats })
     }
 
-    /// The prompt ids of a request that can run — content present, room in the context for the
-    /// prompt, `max_tokens` and a forced verdict — and the positions kept for that verdict.
-    fn checked_prompt(&self, req: &GuardRequest, opts: &ClassifyOptions) -> Result<(Vec<u32>, usize)> {
+    /// The prompt ids of a request that can run: content present, room in the context for the
+    /// prompt, `max_tokens` and a forced verdict.
+    fn checked_prompt(&self, req: &GuardRequest, opts: &ClassifyOptions) -> Result<Vec<u32>> {
         if req.content.trim().is_empty() {
             return Err(Error::Input("the content to classify is empty".into()));
         }
@@ -414,8 +424,7 @@ impl Guard {
         }
         let ids = self.prompt_ids(req)?;
         let ctx = self.backend.context();
-        let reserve = if opts.force_verdict { FORCE_RESERVE } else { 0 };
-        if ids.len() + opts.max_tokens + reserve > ctx {
+        if ids.len() + opts.max_tokens + reserve(opts) > ctx {
             return Err(Error::Input(format!(
                 "the request is {} tokens and needs room for {} more, but the context holds {ctx}: vigil refuses rather than \
                  cutting the content (a cut could drop the unsafe part). Shorten it, split it, or lower --max-tokens.",
@@ -423,7 +432,7 @@ impl Guard {
                 opts.max_tokens
             )));
         }
-        Ok((ids, reserve))
+        Ok(ids)
     }
 
     /// Classifies `reqs` side by side, up to `lanes` at a time, and returns each one's outcome (or
@@ -475,7 +484,7 @@ impl Guard {
                             out[index] = Some(Err(e));
                             done(index);
                         }
-                        Ok((ids, _)) => {
+                        Ok(ids) => {
                             let keep = shared_prefix(&held[lane], &ids);
                             held[lane].truncate(keep);
                             *job = Some(Job {
@@ -500,8 +509,8 @@ impl Guard {
                 .map(|&l| (l, held[l].len(), jobs[l].as_ref().map_or(&[][..], |j| &j.feed[..])))
                 .collect();
             let logits = self.backend.forward_lanes(&steps)?;
-            let reserve = if opts.force_verdict { FORCE_RESERVE } else { 0 };
-            let rules = Rules { tokenizer: &self.tokenizer, stop_ids: &self.stop_ids, opts, reserve, ctx };
+            let rules =
+                Rules { tokenizer: &self.tokenizer, stop_ids: &self.stop_ids, opts, reserve: reserve(opts), ctx };
             for (&lane, logits) in running.iter().zip(logits) {
                 let Some(job) = jobs[lane].as_mut() else { continue };
                 held[lane].append(&mut job.feed);
