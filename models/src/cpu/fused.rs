@@ -48,6 +48,131 @@ fn f32_input<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<std::borrow:
     }
 }
 
+/// One sequence of a decoding batch for [`attention_lanes`]: its keys and values (a KV cache's view,
+/// [1, h_kv, l, d]) and the additive mask [t, l] of its `t` new queries (None: they see every key).
+pub struct Lane<'a> {
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    pub queries: usize,
+    pub mask: Option<&'a Tensor>,
+}
+
+/// Inference attention of several sequences side by side, each against its own keys: q [T, h, d]
+/// (the sequences' queries one after another, T = Σ queries) → [T, h, d], in one dispatch of the
+/// thread team over every (query, head) row. Each row has the arithmetic of [`RowDots`], the scale
+/// (`x·scale + 0`, candle's affine), the mask's add, [`SoftmaxLast`] (portable exponentials) and
+/// [`WeightedRows`], so its result is bit for bit the one of those ops run sequence by sequence.
+/// Query head `hh` reads KV head `hh / (h / h_kv)`.
+pub fn attention_lanes(q: &Tensor, lanes: &[Lane], scale: f64) -> Result<Tensor> {
+    use candle_core::Storage;
+    let (t, h, d) = q.dims3()?;
+    if lanes.iter().map(|l| l.queries).sum::<usize>() != t {
+        candle_core::bail!("attention-lanes: {t} queries, but the lanes hold a different number");
+    }
+    // read guards of every input for the dispatch, then plain slices
+    let q = q.contiguous()?;
+    let (qs, ql) = q.storage_and_layout();
+    let Storage::Cpu(qs) = &*qs else { candle_core::bail!("attention-lanes: CPU tensors only") };
+    let qv = f32_input(qs, ql, "attention-lanes")?;
+    let mut guards = Vec::with_capacity(lanes.len());
+    for lane in lanes {
+        let masks = lane.mask.map(|m| m.contiguous()).transpose()?;
+        guards.push((lane.k.squeeze(0)?, lane.v.squeeze(0)?, masks));
+    }
+    struct Keys<'a> {
+        k: (&'a [f32], usize),
+        v: (&'a [f32], usize),
+        l: usize,
+        mask: Option<std::borrow::Cow<'a, [f32]>>,
+        h_kv: usize,
+    }
+    let locks: Vec<_> = guards
+        .iter()
+        .map(|(k, v, m)| (k.storage_and_layout(), v.storage_and_layout(), m.as_ref().map(|m| m.storage_and_layout())))
+        .collect();
+    let mut keys = Vec::with_capacity(lanes.len());
+    for (((ks, kl), (vs, vl), m), lane) in locks.iter().zip(lanes) {
+        let (Storage::Cpu(ks), Storage::Cpu(vs)) = (&**ks, &**vs) else {
+            candle_core::bail!("attention-lanes: CPU tensors only")
+        };
+        let ((h_kv, l, dk), (_, lv, dv)) = (dims3(kl, "attention-lanes")?, dims3(vl, "attention-lanes")?);
+        if dk != d || dv != d || lv != l || h_kv == 0 || h % h_kv != 0 {
+            candle_core::bail!(
+                "attention-lanes: keys {:?} and values {:?} do not fit q [{t}, {h}, {d}]",
+                kl.dims(),
+                vl.dims()
+            );
+        }
+        let mask = match m {
+            Some((ms, ml)) => {
+                let Storage::Cpu(ms) = &**ms else { candle_core::bail!("attention-lanes: CPU tensors only") };
+                if ml.dims() != [lane.queries, l] {
+                    candle_core::bail!(
+                        "attention-lanes: mask {:?} for {} queries over {l} keys",
+                        ml.dims(),
+                        lane.queries
+                    );
+                }
+                Some(f32_input(ms, ml, "attention-lanes")?)
+            }
+            None => None,
+        };
+        keys.push(Keys {
+            k: f32_rows(ks, kl, "attention-lanes")?,
+            v: f32_rows(vs, vl, "attention-lanes")?,
+            l,
+            mask,
+            h_kv,
+        });
+    }
+    // row r = (query i, head hh) of the output; which lane holds query i
+    let owner: Vec<(usize, usize)> =
+        lanes.iter().enumerate().flat_map(|(li, lane)| (0..lane.queries).map(move |i| (li, i))).collect();
+    let scale = scale as f32;
+    let mut out = vec![0f32; t * h * d];
+    par_rows(&mut out, d, &|r, row| {
+        let (qi, hh) = (r / h, r % h);
+        let (li, i) = owner[qi];
+        let key = &keys[li];
+        let kvh = hh / (h / key.h_kv);
+        let qr = &qv[r * d..(r + 1) * d];
+        let (kb, vb) = (&key.k.0[kvh * key.k.1..], &key.v.0[kvh * key.v.1..]);
+        let mut scores: Vec<f32> = (0..key.l).map(|j| dot_lanes(qr, &kb[j * d..(j + 1) * d]) * scale + 0.0).collect();
+        if let Some(m) = &key.mask {
+            for (s, &a) in scores.iter_mut().zip(&m[i * key.l..(i + 1) * key.l]) {
+                *s += a;
+            }
+        }
+        let mut probs = vec![0f32; key.l];
+        softmax_row(&scores, &mut probs, exp_portable);
+        scores.clear();
+        for (j, &w) in probs.iter().enumerate() {
+            for (o, &x) in row.iter_mut().zip(&vb[j * d..(j + 1) * d]) {
+                *o += w * x;
+            }
+        }
+    });
+    Tensor::from_vec(out, (t, h, d), q.device())
+}
+
+/// A rank-3 f32 input whose rows are contiguous and whose batches lie `stride` values apart (a KV
+/// cache's view of its filled positions, read in place): the values from the first one, and the
+/// batch stride.
+fn f32_rows<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<(&'a [f32], usize)> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("{op}: expected an f32 input") };
+    let (b, n, d) = dims3(l, op)?;
+    let (start, st) = (l.start_offset(), l.stride());
+    let stride = if l.is_contiguous() {
+        n * d
+    } else if st[2] == 1 && (n <= 1 || st[1] == d) && (b <= 1 || st[0] >= n * d) {
+        st[0]
+    } else {
+        candle_core::bail!("{op}: rows must be contiguous (strides {st:?})")
+    };
+    let len = if b * n * d == 0 { 0 } else { (b - 1) * stride + n * d };
+    Ok((&v[start..start + len], stride))
+}
+
 impl CustomOp1 for QMatMul {
     fn name(&self) -> &'static str {
         "ggml-qmatmul"
@@ -407,6 +532,16 @@ pub struct SoftmaxLast {
     pub fast: bool,
 }
 
+/// Softmax of one row, as ggml: exponentials summed in f64, then scaled by the reciprocal.
+fn softmax_row(xr: &[f32], yr: &mut [f32], exp: impl Fn(f32) -> f32) {
+    let m = xr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for (o, &v) in yr.iter_mut().zip(xr) {
+        *o = exp(v - m);
+    }
+    let inv = (1.0 / yr.iter().map(|&e| e as f64).sum::<f64>()) as f32;
+    yr.iter_mut().for_each(|o| *o *= inv);
+}
+
 impl CustomOp1 for SoftmaxLast {
     fn name(&self) -> &'static str {
         "softmax-last"
@@ -415,21 +550,12 @@ impl CustomOp1 for SoftmaxLast {
         let n = (*l.dims().last().unwrap_or(&1)).max(1);
         let x = f32_input(s, l, self.name())?;
         let mut y = vec![0f32; x.len()];
-        // as ggml: exponentials summed in f64, then scaled by the reciprocal
-        fn row(xr: &[f32], yr: &mut [f32], exp: impl Fn(f32) -> f32) {
-            let m = xr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            for (o, &v) in yr.iter_mut().zip(xr) {
-                *o = exp(v - m);
-            }
-            let inv = (1.0 / yr.iter().map(|&e| e as f64).sum::<f64>()) as f32;
-            yr.iter_mut().for_each(|o| *o *= inv);
-        }
         par_rows(&mut y, n, &|r, yr| {
             let xr = &x[r * n..(r + 1) * n];
             if self.fast {
-                row(xr, yr, exp_fast)
+                softmax_row(xr, yr, exp_fast)
             } else {
-                row(xr, yr, exp_portable)
+                softmax_row(xr, yr, exp_portable)
             }
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
@@ -704,13 +830,13 @@ impl CustomOp2 for RowDots {
         if b != b2 || d != d2 {
             candle_core::bail!("row-dots: {:?} · {:?}ᵀ do not match", l1.dims(), l2.dims());
         }
-        let (x, y) = (f32_input(s1, l1, self.name())?, f32_input(s2, l2, self.name())?);
+        let (x, (y, sb)) = (f32_input(s1, l1, self.name())?, f32_rows(s2, l2, self.name())?);
         let mut out = vec![0f32; b * m * n];
         par_rows(&mut out, n, &|r, row| {
-            let bi = r / m.max(1);
+            let yb = &y[r / m.max(1) * sb..];
             let q = &x[r * d..(r + 1) * d];
             for (j, o) in row.iter_mut().enumerate() {
-                *o = dot_lanes(q, &y[(bi * n + j) * d..(bi * n + j + 1) * d]);
+                *o = dot_lanes(q, &yb[j * d..(j + 1) * d]);
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((b, m, n))))
@@ -729,12 +855,12 @@ impl CustomOp2 for WeightedRows {
         if b != b2 || l != l2n {
             candle_core::bail!("weighted-rows: {:?} · {:?} do not match", l1.dims(), l2.dims());
         }
-        let (p, v) = (f32_input(s1, l1, self.name())?, f32_input(s2, l2, self.name())?);
+        let (p, (v, sb)) = (f32_input(s1, l1, self.name())?, f32_rows(s2, l2, self.name())?);
         let mut out = vec![0f32; b * m * d];
         par_rows(&mut out, d, &|r, row| {
-            let bi = r / m.max(1);
+            let vb = &v[r / m.max(1) * sb..];
             for (j, &w) in p[r * l..(r + 1) * l].iter().enumerate() {
-                let vr = &v[(bi * l + j) * d..(bi * l + j + 1) * d];
+                let vr = &vb[j * d..(j + 1) * d];
                 for (o, &x) in row.iter_mut().zip(vr) {
                     *o += w * x;
                 }

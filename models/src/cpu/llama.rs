@@ -447,15 +447,15 @@ impl Llama {
                 }
                 // a batch: each sequence's rows against its own cache
                 Ready::Causal(parts) => {
-                    let mut outs = Vec::with_capacity(parts.len());
+                    let mut lanes = Vec::with_capacity(parts.len());
                     let mut at = 0;
                     for ((n, mask), c) in parts.iter().zip(caches.iter_mut()) {
                         let rows = |x: &Tensor| x.narrow(2, at, *n)?.contiguous();
                         let (k, v) = c.append(il, &rows(&k)?, &rows(&v)?)?;
-                        outs.push(ops::attention(&rows(&q)?, &k, &v, mask.as_ref(), scale)?);
+                        lanes.push((k, v, *n, mask.as_ref()));
                         at += n;
                     }
-                    Tensor::cat(&outs, 2)?
+                    ops::attention_lanes(&q, &lanes, scale)?
                 }
             };
             let a = b.o.forward(&a.transpose(1, 2)?.reshape((1, t, nh * hd))?)?;

@@ -236,6 +236,38 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&CausalMask>, 
     weighted_rows(&probs, v)?.reshape((b, h, t, d))
 }
 
+/// Attention of several sequences side by side (a decoding batch), each against its own cache:
+/// q [1, h, T, d] holds their new queries one after another, `lanes` each one's keys and values
+/// [1, h_kv, l, d] and the mask of its `n` queries → [1, h, T, d]. f32 inference runs every row in
+/// one [`super::fused::attention_lanes`] dispatch (the same arithmetic as [`attention`] per sequence);
+/// otherwise sequence by sequence.
+pub fn attention_lanes(
+    q: &Tensor,
+    lanes: &[(Tensor, Tensor, usize, Option<&CausalMask>)],
+    scale: f64,
+) -> Result<Tensor> {
+    let (_, h, t, d) = q.dims4()?;
+    if q.dtype() != DType::F32
+        || lanes.iter().any(|(k, v, ..)| k.dtype() != DType::F32 || training(k, v))
+        || q.track_op()
+    {
+        let mut outs = Vec::with_capacity(lanes.len());
+        let mut at = 0;
+        for (k, v, n, mask) in lanes {
+            outs.push(attention(&q.narrow(2, at, *n)?.contiguous()?, k, v, *mask, scale)?);
+            at += n;
+        }
+        return Tensor::cat(&outs, 2);
+    }
+    let rows = q.squeeze(0)?.transpose(0, 1)?.contiguous()?; // [T, h, d]
+    let fused: Vec<super::fused::Lane> = lanes
+        .iter()
+        .map(|(k, v, n, m)| super::fused::Lane { k, v, queries: *n, mask: m.map(|m| &m.additive) })
+        .collect();
+    let out = super::fused::attention_lanes(&rows, &fused, scale)?; // [T, h, d]
+    out.reshape((1, t, h, d))?.transpose(1, 2)
+}
+
 /// Training (a gradient flows) favours candle's batched gemm over a fixed cross-platform order:
 /// the attention products were a fifth of a training step in the portable kernels.
 fn training(a: &Tensor, b: &Tensor) -> bool {
@@ -251,7 +283,7 @@ fn rows_dot(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (m, n) = (a.dim(D::Minus2)?, b.dim(D::Minus2)?);
     let lead: Vec<usize> = a.dims()[..a.rank() - 2].to_vec();
     let a3 = a.contiguous()?.reshape(((), m, a.dim(D::Minus1)?))?;
-    let b3 = b.contiguous()?.reshape(((), n, b.dim(D::Minus1)?))?;
+    let b3 = rows_in_place(b)?;
     let mut shape = lead;
     shape.extend([m, n]);
     a3.apply_op2(&b3, super::fused::RowDots)?.reshape(shape)
@@ -267,8 +299,19 @@ fn weighted_rows(p: &Tensor, v: &Tensor) -> Result<Tensor> {
     let mut shape: Vec<usize> = p.dims()[..p.rank() - 2].to_vec();
     shape.extend([m, d]);
     let p3 = p.contiguous()?.reshape(((), m, l))?;
-    let v3 = v.contiguous()?.reshape(((), l, d))?;
+    let v3 = rows_in_place(v)?;
     p3.apply_op2(&v3, super::fused::WeightedRows)?.reshape(shape)
+}
+
+/// k or v [1, h, l, d] (a KV cache's view, rows contiguous, heads a buffer apart) as [h, l, d]
+/// without a copy (RowDots and WeightedRows read the strided heads); anything else made contiguous.
+fn rows_in_place(x: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    if x.rank() == 4 && dims[0] == 1 && x.stride()[3] == 1 && (dims[2] <= 1 || x.stride()[2] == dims[3]) {
+        return x.squeeze(0);
+    }
+    let (l, d) = (x.dim(D::Minus2)?, x.dim(D::Minus1)?);
+    x.contiguous()?.reshape(((), l, d))
 }
 
 /// SwiGLU / GeGLU gate: act(gate) · up.
@@ -409,6 +452,74 @@ mod tests {
         let m = to_f32_vec(&causal_mask(1, 4, Some(2), &Device::Cpu).unwrap().additive).unwrap();
         let vis: Vec<bool> = m.iter().map(|v| v.is_finite()).collect();
         assert_eq!(vis, [false, false, false, true, true]);
+    }
+
+    /// K and V read in place from a KV cache's buffer (heads a buffer apart, not contiguous) give
+    /// bit for bit the attention of their contiguous copies, and no row of the buffer past the
+    /// view is read.
+    #[test]
+    fn attention_reads_cache_views_in_place() {
+        let dev = Device::Cpu;
+        let (q, mask) = (crate::testing::randn(&[1, 4, 2, 8], 1.0, 4), causal_mask(2, 3, None, &dev).unwrap());
+        let buffer = |seed| {
+            let x = crate::testing::randn(&[1, 2, 7, 8], 1.0, seed);
+            // positions past the view hold NaN: reading one would poison the result
+            let tail = Tensor::full(f32::NAN, (1, 2, 2, 8), &dev).unwrap();
+            Tensor::cat(&[x.narrow(2, 0, 5).unwrap(), tail], 2).unwrap()
+        };
+        let (kb, vb) = (buffer(5), buffer(6));
+        let (k, v) = (kb.narrow(2, 0, 5).unwrap(), vb.narrow(2, 0, 5).unwrap());
+        assert!(!k.is_contiguous());
+        let got = to_f32_vec(&attention(&q, &k, &v, Some(&mask), 0.3).unwrap()).unwrap();
+        let (kc, vc) = (k.contiguous().unwrap(), v.contiguous().unwrap());
+        let want = to_f32_vec(&attention(&q, &kc, &vc, Some(&mask), 0.3).unwrap()).unwrap();
+        assert!(got.iter().all(|x| x.is_finite()));
+        assert_eq!(got, want);
+        // one query: one position of each head
+        let (k1, v1) = (kb.narrow(2, 4, 1).unwrap(), vb.narrow(2, 4, 1).unwrap());
+        let q1 = q.narrow(2, 0, 1).unwrap();
+        let got = to_f32_vec(&attention(&q1, &k1, &v1, None, 0.3).unwrap()).unwrap();
+        let want =
+            to_f32_vec(&attention(&q1, &k1.contiguous().unwrap(), &v1.contiguous().unwrap(), None, 0.3).unwrap())
+                .unwrap();
+        assert_eq!(got, want);
+    }
+
+    /// Three sequences side by side (a prompt of 3 tokens with its mask, two decode steps), 4 query
+    /// heads over 2 KV heads read from cache-like views: each sequence's rows bit for bit its own
+    /// attention.
+    #[test]
+    fn lanes_attend_each_to_their_own_keys() {
+        let dev = Device::Cpu;
+        let (ns, ls) = ([3usize, 1, 1], [5usize, 9, 1]);
+        let q = crate::testing::randn(&[1, 4, 5, 8], 1.0, 11);
+        let masks: Vec<Option<CausalMask>> =
+            ns.iter().zip(&ls).map(|(&n, &l)| (n > 1).then(|| causal_mask(n, l - n, None, &dev).unwrap())).collect();
+        let kv: Vec<(Tensor, Tensor)> = ls
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| {
+                let buf = |seed| crate::testing::randn(&[1, 2, 16, 8], 1.0, seed).narrow(2, 0, l).unwrap();
+                (buf(20 + i as u64), buf(30 + i as u64))
+            })
+            .collect();
+        let lanes: Vec<_> =
+            kv.iter().zip(&ns).zip(&masks).map(|(((k, v), &n), m)| (k.clone(), v.clone(), n, m.as_ref())).collect();
+        let got = attention_lanes(&q, &lanes, 0.3).unwrap();
+        assert_eq!(got.dims4().unwrap(), (1, 4, 5, 8));
+        let mut at = 0;
+        for (((k, v), &n), m) in kv.iter().zip(&ns).zip(&masks) {
+            let want = attention(&q.narrow(2, at, n).unwrap().contiguous().unwrap(), k, v, m.as_ref(), 0.3).unwrap();
+            assert_eq!(
+                to_f32_vec(&got.narrow(2, at, n).unwrap()).unwrap(),
+                to_f32_vec(&want).unwrap(),
+                "rows from {at}"
+            );
+            at += n;
+        }
+        // a mismatch is an error, not a panic
+        let short = [(kv[0].0.clone(), kv[0].1.clone(), 2, None)];
+        assert!(attention_lanes(&q, &short, 0.3).is_err());
     }
 
     #[test]
