@@ -137,7 +137,11 @@ pub fn attention_lanes(q: &Tensor, lanes: &[Lane], scale: f64) -> Result<Tensor>
         let kvh = hh / (h / key.h_kv);
         let qr = &qv[r * d..(r + 1) * d];
         let (kb, vb) = (&key.k.0[kvh * key.k.1..], &key.v.0[kvh * key.v.1..]);
-        let mut scores: Vec<f32> = (0..key.l).map(|j| dot_lanes(qr, &kb[j * d..(j + 1) * d]) * scale + 0.0).collect();
+        let mut scores = vec![0f32; key.l];
+        dots_row(qr, kb, &mut scores);
+        for s in scores.iter_mut() {
+            *s = *s * scale + 0.0;
+        }
         if let Some(m) = &key.mask {
             for (s, &a) in scores.iter_mut().zip(&m[i * key.l..(i + 1) * key.l]) {
                 *s += a;
@@ -145,12 +149,7 @@ pub fn attention_lanes(q: &Tensor, lanes: &[Lane], scale: f64) -> Result<Tensor>
         }
         let mut probs = vec![0f32; key.l];
         softmax_row(&scores, &mut probs, exp_portable);
-        scores.clear();
-        for (j, &w) in probs.iter().enumerate() {
-            for (o, &x) in row.iter_mut().zip(&vb[j * d..(j + 1) * d]) {
-                *o += w * x;
-            }
-        }
+        weighted_row(&probs, vb, row);
     });
     Tensor::from_vec(out, (t, h, d), q.device())
 }
@@ -785,6 +784,148 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
 }
 
+/// out[j] = q · key j (the rows of `keys`, each as long as q), by [`dot_lanes`].
+#[inline(always)]
+fn dots_body(q: &[f32], keys: &[f32], out: &mut [f32]) {
+    let d = q.len();
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot_lanes(q, &keys[j * d..(j + 1) * d]);
+    }
+}
+
+/// out += Σ_j p[j] · value j (the rows of `values`, each as long as out), in order of j.
+#[inline(always)]
+fn weighted_body(p: &[f32], values: &[f32], out: &mut [f32]) {
+    let d = out.len();
+    for (j, &w) in p.iter().enumerate() {
+        for (o, &x) in out.iter_mut().zip(&values[j * d..(j + 1) * d]) {
+            *o += w * x;
+        }
+    }
+}
+
+// The attention rows with AVX where the CPU has it: the same lanes and order as the portable
+// code (a mul then an add, no FMA), so the same bits, with keys in fours for independent chains.
+#[cfg(target_arch = "x86_64")]
+fn has_avx() -> bool {
+    static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *F.get_or_init(|| is_x86_feature_detected!("avx"))
+}
+
+/// [`dots_body`] with 8-lane AVX registers, four keys at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn dots_avx(q: &[f32], keys: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let d = q.len();
+    let whole = d / 8 * 8;
+    // the 8 lane sums of q · key j, then the key's remainder and the fixed join of dot_lanes
+    let finish = |acc: __m256, key: &[f32]| -> f32 {
+        let mut a = [0f32; 8];
+        _mm256_storeu_ps(a.as_mut_ptr(), acc);
+        for (l, (x, y)) in q[whole..].iter().zip(&key[whole..d]).enumerate() {
+            a[l] += x * y;
+        }
+        ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+    };
+    let n = out.len();
+    let qp = q.as_ptr();
+    let mut j = 0;
+    while j + 4 <= n {
+        let k = [&keys[j * d..], &keys[(j + 1) * d..], &keys[(j + 2) * d..], &keys[(j + 3) * d..]];
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut c = 0;
+        while c < whole {
+            let x = _mm256_loadu_ps(qp.add(c));
+            for (a, kk) in acc.iter_mut().zip(&k) {
+                *a = _mm256_add_ps(*a, _mm256_mul_ps(x, _mm256_loadu_ps(kk.as_ptr().add(c))));
+            }
+            c += 8;
+        }
+        for (i, (a, kk)) in acc.iter().zip(&k).enumerate() {
+            out[j + i] = finish(*a, kk);
+        }
+        j += 4;
+    }
+    while j < n {
+        let kk = &keys[j * d..];
+        let mut acc = _mm256_setzero_ps();
+        let mut c = 0;
+        while c < whole {
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(kk.as_ptr().add(c))));
+            c += 8;
+        }
+        out[j] = finish(acc, kk);
+        j += 1;
+    }
+}
+
+/// [`weighted_body`] with 8-lane AVX registers: blocks of up to 64 outputs stay in registers while
+/// the keys go by in order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn weighted_avx(p: &[f32], values: &[f32], out: &mut [f32]) {
+    let d = out.len();
+    let whole = d / 8 * 8;
+    let mut c = 0;
+    while c + 64 <= whole {
+        weighted_block::<8>(p, values, d, c, out);
+        c += 64;
+    }
+    while c < whole {
+        weighted_block::<1>(p, values, d, c, out);
+        c += 8;
+    }
+    if whole < d {
+        for (j, &w) in p.iter().enumerate() {
+            for (o, &x) in out[whole..].iter_mut().zip(&values[j * d + whole..(j + 1) * d]) {
+                *o += w * x;
+            }
+        }
+    }
+}
+
+/// Outputs c..c + 8·N of [`weighted_avx`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+unsafe fn weighted_block<const N: usize>(p: &[f32], values: &[f32], d: usize, c: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let vp = values.as_ptr().add(c);
+    let mut o = [_mm256_setzero_ps(); N];
+    for (b, ob) in o.iter_mut().enumerate() {
+        *ob = _mm256_loadu_ps(out.as_ptr().add(c + 8 * b));
+    }
+    for (j, &w) in p.iter().enumerate() {
+        let w = _mm256_set1_ps(w);
+        let row = vp.add(j * d);
+        for (b, ob) in o.iter_mut().enumerate() {
+            *ob = _mm256_add_ps(*ob, _mm256_mul_ps(w, _mm256_loadu_ps(row.add(8 * b))));
+        }
+    }
+    for (b, ob) in o.iter().enumerate() {
+        _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * b), *ob);
+    }
+}
+
+fn dots_row(q: &[f32], keys: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx() && keys.len() >= out.len() * q.len() {
+        // SAFETY: the CPU has the feature the function is compiled for; every key is in `keys`.
+        return unsafe { dots_avx(q, keys, out) };
+    }
+    dots_body(q, keys, out)
+}
+
+fn weighted_row(p: &[f32], values: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx() && values.len() >= p.len() * out.len() {
+        // SAFETY: the CPU has the feature the function is compiled for; every value is in `values`.
+        return unsafe { weighted_avx(p, values, out) };
+    }
+    weighted_body(p, values, out)
+}
+
 fn dims3(l: &Layout, op: &str) -> Result<(usize, usize, usize)> {
     match *l.dims() {
         [b, m, n] => Ok((b, m, n)),
@@ -832,13 +973,7 @@ impl CustomOp2 for RowDots {
         }
         let (x, (y, sb)) = (f32_input(s1, l1, self.name())?, f32_rows(s2, l2, self.name())?);
         let mut out = vec![0f32; b * m * n];
-        par_rows(&mut out, n, &|r, row| {
-            let yb = &y[r / m.max(1) * sb..];
-            let q = &x[r * d..(r + 1) * d];
-            for (j, o) in row.iter_mut().enumerate() {
-                *o = dot_lanes(q, &yb[j * d..(j + 1) * d]);
-            }
-        });
+        par_rows(&mut out, n, &|r, row| dots_row(&x[r * d..(r + 1) * d], &y[r / m.max(1) * sb..], row));
         Ok((CpuStorage::F32(out), Shape::from((b, m, n))))
     }
     fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -857,15 +992,7 @@ impl CustomOp2 for WeightedRows {
         }
         let (p, (v, sb)) = (f32_input(s1, l1, self.name())?, f32_rows(s2, l2, self.name())?);
         let mut out = vec![0f32; b * m * d];
-        par_rows(&mut out, d, &|r, row| {
-            let vb = &v[r / m.max(1) * sb..];
-            for (j, &w) in p[r * l..(r + 1) * l].iter().enumerate() {
-                let vr = &vb[j * d..(j + 1) * d];
-                for (o, &x) in row.iter_mut().zip(vr) {
-                    *o += w * x;
-                }
-            }
-        });
+        par_rows(&mut out, d, &|r, row| weighted_row(&p[r * l..(r + 1) * l], &v[r / m.max(1) * sb..], row));
         Ok((CpuStorage::F32(out), Shape::from((b, m, d))))
     }
     fn bwd(&self, p: &Tensor, v: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -1163,6 +1290,34 @@ mod tests {
         let x = crate::testing::randn(&[2, 7], 1.0, 4);
         let bad = CausalSoftmax { scale: 0.7, queries: 3, start: 4, window: None };
         assert!(x.apply_op1(bad).is_err(), "7 keys are not 4 + 3 rows of 2 × 7");
+    }
+
+    /// The AVX attention rows give the portable code's bits (wasm and CPUs without AVX run it):
+    /// d of 64 (SmolLM2's heads), 40 (a remainder) and 3; key counts around the blocks of four.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn wide_attention_rows_equal_the_baseline_bits() {
+        if !has_avx() {
+            return;
+        }
+        for (d, l) in [(64usize, 37usize), (40, 9), (3, 5), (64, 1), (16, 4), (136, 6)] {
+            let v = |n: usize, seed| crate::testing::randn(&[n], 1.0, seed).to_vec1::<f32>().unwrap();
+            let (q, keys, p) = (v(d, 1), v(d * l, 2), v(l, 3));
+            let (mut a, mut b) = (vec![0f32; l], vec![0f32; l]);
+            dots_body(&q, &keys, &mut a);
+            unsafe { dots_avx(&q, &keys, &mut b) };
+            assert_eq!(
+                a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+            let (mut a, mut b) = (v(d, 4), v(d, 4));
+            weighted_body(&p, &keys, &mut a);
+            unsafe { weighted_avx(&p, &keys, &mut b) };
+            assert_eq!(
+                a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+        }
     }
 
     /// The vectorisable exponential stays within 4 ulp of the exact one over its whole range.
