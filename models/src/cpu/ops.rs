@@ -307,7 +307,9 @@ fn weighted_rows(p: &Tensor, v: &Tensor) -> Result<Tensor> {
 /// without a copy (RowDots and WeightedRows read the strided heads); anything else made contiguous.
 fn rows_in_place(x: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
-    if x.rank() == 4 && dims[0] == 1 && x.stride()[3] == 1 && (dims[2] <= 1 || x.stride()[2] == dims[3]) {
+    let st = x.stride();
+    let cache_view = x.rank() == 4 && dims[0] == 1 && st[3] == 1 && (dims[2] <= 1 || st[2] == dims[3]);
+    if cache_view && (dims[1] <= 1 || st[1] >= dims[2] * dims[3]) {
         return x.squeeze(0);
     }
     let (l, d) = (x.dim(D::Minus2)?, x.dim(D::Minus1)?);
