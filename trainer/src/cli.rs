@@ -425,8 +425,14 @@ pub enum ExportFormat {
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// The trained adapter (a run's adapter.gguf, or a run directory: an unfinished run gives its
-    /// latest checkpoint).
-    pub adapter: PathBuf,
+    /// latest checkpoint). Several: their average (the mean of their updates, e.g. runs of one
+    /// recipe with different seeds), of rank the sum of theirs unless --rank cuts it.
+    #[arg(required = true, num_args = 1..)]
+    pub adapter: Vec<PathBuf>,
+    /// Cut every layer's update to this rank (truncated SVD, the closest rank-k update); prints the
+    /// share of the update kept.
+    #[arg(long)]
+    pub rank: Option<usize>,
     #[arg(long, value_enum, default_value_t = ExportFormat::Gguf)]
     pub format: ExportFormat,
     /// Tensor type: f32, f16 or q8_0 for adapters; q8_0, q4_1, f16 or f32 for merged models.

@@ -255,6 +255,17 @@ fn the_cli_trains_resumes_and_exports() {
         let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(diff < tol, "merged {dtype}: max logit difference {diff}");
     }
+    // several adapters: the average of their updates, optionally cut to a rank
+    let soup = tmp.path().join("soup.gguf");
+    let (a, mid, sp) = (adapter.to_str().unwrap(), mid.to_str().unwrap(), soup.to_str().unwrap());
+    let said = run(&["export", a, mid, "--dtype", "f32", "-o", sp]);
+    assert!(said.contains("averaged the updates of 2 adapters (rank 8)"), "{said}");
+    let mean = LoraAdapter::from_gguf(&Gguf::open(&soup).unwrap()).unwrap();
+    assert!(mean.pairs.values().all(|p| p.r == 8) && mean.scale(8) == 1.0);
+    let said = run(&["export", a, mid, "--rank", "3", "--dtype", "f32", "-o", sp]);
+    assert!(said.contains("cut to rank 3; every layer keeps at least"), "{said}");
+    let cut = LoraAdapter::from_gguf(&Gguf::open(&soup).unwrap()).unwrap();
+    assert!(cut.pairs.values().all(|p| p.r == 3) && cut.pairs.len() == 14);
     let ollama = tmp.path().join("ollama");
     run(&["export", o, "--format", "ollama", "-m", m, "-o", ollama.to_str().unwrap()]);
     let mf = std::fs::read_to_string(ollama.join("Modelfile")).unwrap();

@@ -22,12 +22,32 @@ fn dtype(s: &str) -> Result<GgmlType> {
 }
 
 pub fn run(args: ExportArgs, _g: &Global) -> Result<()> {
-    let adapter = if args.adapter.is_dir() && !args.adapter.join("adapter.gguf").exists() {
-        checkpoint_adapter(&args.adapter)?
-    } else {
-        let path = if args.adapter.is_dir() { args.adapter.join("adapter.gguf") } else { args.adapter.clone() };
-        LoraAdapter::from_gguf(&Gguf::open(&path)?)?
+    let mut adapters = Vec::new();
+    for a in &args.adapter {
+        adapters.push(if a.is_dir() && !a.join("adapter.gguf").exists() {
+            checkpoint_adapter(a)?
+        } else {
+            let path = if a.is_dir() { a.join("adapter.gguf") } else { a.clone() };
+            LoraAdapter::from_gguf(&Gguf::open(&path)?).with_context(|| format!("loading {}", path.display()))?
+        });
+    }
+    let mut adapter = match adapters.len() {
+        1 => adapters.remove(0),
+        n => {
+            let mean = LoraAdapter::average(&adapters)?;
+            let r = mean.pairs.values().map(|p| p.r).max().unwrap_or(0);
+            eprintln!("vigil: averaged the updates of {n} adapters (rank {r})");
+            mean
+        }
     };
+    if let Some(k) = args.rank {
+        let (cut, kept) = adapter.truncate(k)?;
+        eprintln!(
+            "vigil: cut to rank {k}; every layer keeps at least {:.2} % of its update's squared norm",
+            100.0 * kept
+        );
+        adapter = cut;
+    }
     let ty = dtype(&args.dtype)?;
     let base = || -> Result<(std::path::PathBuf, Gguf)> {
         let p = crate::commands::resolve_model(&args.model)?;
