@@ -24,12 +24,14 @@ fn dtype(s: &str) -> Result<GgmlType> {
 pub fn run(args: ExportArgs, _g: &Global) -> Result<()> {
     let mut adapters = Vec::new();
     for a in &args.adapter {
-        adapters.push(if a.is_dir() && !a.join("adapter.gguf").exists() {
+        let mut adapter = if a.is_dir() && !a.join("adapter.gguf").exists() {
             checkpoint_adapter(a)?
         } else {
             let path = if a.is_dir() { a.join("adapter.gguf") } else { a.clone() };
             LoraAdapter::from_gguf(&Gguf::open(&path)?).with_context(|| format!("loading {}", path.display()))?
-        });
+        };
+        adapter.name = a.display().to_string(); // errors (a mismatch between adapters) name the path given
+        adapters.push(adapter);
     }
     let mut adapter = match adapters.len() {
         1 => adapters.remove(0),
