@@ -596,6 +596,11 @@ pub struct BenchArgs {
     /// Path of a llama.cpp `llama-bench` binary to measure the same model next to vigil.
     #[arg(long, env = "VIGIL_LLAMA_BENCH")]
     pub llama_bench: Option<PathBuf>,
+    /// Training benchmark: a Python interpreter with torch, transformers, peft and gguf, to measure
+    /// the PyTorch + PEFT anchor (`tools/peft_train_anchor.py`) on this machine in the same run;
+    /// without it the ratio is to the figure anchors.md recorded on another machine.
+    #[arg(long, env = "VIGIL_PEFT_PYTHON")]
+    pub peft_python: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
