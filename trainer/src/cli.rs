@@ -99,7 +99,9 @@ pub struct EvalArgs {
     /// Baselines on the same data: `keyword`, `base` (the model without the adapter, zero-shot).
     #[arg(long, value_delimiter = ',', default_value = "keyword,base")]
     pub baselines: Vec<String>,
-    /// Print the differences of two metrics.json files (B − A) instead of evaluating.
+    /// Print the differences of two runs (B − A) instead of evaluating: their metrics.json files or
+    /// report folders; with records.jsonl beside both, also the paired test of their verdicts
+    /// (McNemar, bootstrap intervals of the differences).
     #[arg(long, num_args = 2, value_names = ["A", "B"], conflicts_with = "data")]
     pub compare: Option<Vec<PathBuf>>,
 }

@@ -2,10 +2,12 @@
 //!
 //! - [`metrics`]: accuracy, binary and per-policy P/R/F1, FP/FN rates, exact match, confusion,
 //!   parse failures (counted as errors), tag compliance, reasoning length, speed;
-//! - [`report`]: Markdown, one self-contained HTML file with plots, and JSON; `--compare`.
+//! - [`report`]: Markdown, one self-contained HTML file with plots, and JSON; `--compare`;
+//! - [`paired`]: two runs on the same items, item by item (McNemar, paired bootstrap).
 
 pub mod guardreasoner;
 pub mod metrics;
+pub mod paired;
 pub mod probe;
 pub mod report;
 pub mod stress;

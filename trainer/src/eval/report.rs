@@ -347,8 +347,13 @@ pub fn write(r: &Report, dir: &Path) -> Result<()> {
     crate::data::write_file(&dir.join("report.html"), html(r)?.as_bytes())
 }
 
-/// `vigil eval --compare A.json B.json`: key metrics of two runs and B − A, in points.
-pub fn compare(a_path: &Path, b_path: &Path) -> Result<String> {
+/// `vigil eval --compare A B` (metrics.json files or the report folders holding them): key
+/// metrics of two runs and B − A, in points; where `records.jsonl` lies beside both, the paired
+/// comparison of their verdicts ([`super::paired`]).
+pub fn compare(a_arg: &Path, b_arg: &Path) -> Result<String> {
+    let file = |p: &Path| if p.is_dir() { p.join("metrics.json") } else { p.to_path_buf() };
+    let (a_file, b_file) = (file(a_arg), file(b_arg));
+    let (a_path, b_path) = (a_file.as_path(), b_file.as_path());
     let read = |p: &Path| -> Result<Report> {
         let s = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
         serde_json::from_str(&s).with_context(|| format!("{} is not a vigil eval metrics.json", p.display()))
@@ -374,6 +379,21 @@ pub fn compare(a_path: &Path, b_path: &Path) -> Result<String> {
     let _ = writeln!(t, "{:<22}{:>9}{:>9}{:>10}", "metric (%)", "A", "B", "B - A");
     for (name, x, y) in rows {
         let _ = writeln!(t, "{:<22}{:>9.1}{:>9.1}{:>+10.1}", name, 100.0 * x, 100.0 * y, 100.0 * (y - x));
+    }
+    let records = |p: &Path| p.parent().map(|d| d.join("records.jsonl")).filter(|r| r.is_file());
+    match (records(a_path), records(b_path)) {
+        (Some(ra), Some(rb)) => {
+            let (ra, rb): (Vec<Record>, Vec<Record>) = (crate::data::read_jsonl(&ra)?, crate::data::read_jsonl(&rb)?);
+            match super::paired::paired(&ra, &rb, 1000, 0x5eed) {
+                Ok(p) => t.push_str(&p.text()),
+                Err(e) => {
+                    let _ = writeln!(t, "no paired comparison: {e}");
+                }
+            }
+        }
+        _ => {
+            let _ = writeln!(t, "no paired comparison: records.jsonl is not beside both files");
+        }
     }
     Ok(t)
 }
