@@ -313,7 +313,11 @@ fn train(args: BenchArgs, g: &Global) -> Result<()> {
     let peak_gflops = product_peak_gflops(t.model.config(), &args.base_weights)?;
     drop(t); // the anchor's process gets the memory back
     let anchor = match &args.peft_python {
-        Some(py) => peft_anchor(py, &path, &args, threads, &dir)?,
+        Some(py) => {
+            let a = peft_anchor(py, &path, &args, threads, &dir);
+            let _ = std::fs::remove_dir_all(&dir);
+            a?
+        }
         None => Anchor { tok_s: PEFT_TOK_S, peak_gb: PEFT_PEAK_GB, source: "anchors.md, another machine".into() },
     };
     let need = 2.0 * anchor.tok_s * flops / 1e9;

@@ -58,8 +58,9 @@ fn scores(m: &Metrics) -> [(&'static str, f64); 4] {
 /// labels; an item missing from either side, or labelled differently, is an error naming it.
 pub fn paired(a: &[Record], b: &[Record], resamples: usize, seed: u64) -> Result<Paired> {
     let by_id: HashMap<&str, &Record> = b.iter().map(|r| (r.id.as_str(), r)).collect();
-    if by_id.len() != b.len() {
-        bail!("run B lists an item id twice");
+    let a_ids: std::collections::HashSet<&str> = a.iter().map(|r| r.id.as_str()).collect();
+    if by_id.len() != b.len() || a_ids.len() != a.len() {
+        bail!("run {} lists an item id twice", if a_ids.len() != a.len() { "A" } else { "B" });
     }
     if a.len() != b.len() {
         bail!("run A has {} items and run B {}: a paired comparison needs the same items", a.len(), b.len());
@@ -226,5 +227,8 @@ mod tests {
         assert!(e.contains("2 items") && e.contains("1"), "{e}");
         let e = paired(&a, &[rec("x", s, Some(s)), rec("y", s, Some(u))], 10, 1).unwrap_err().to_string();
         assert!(e.contains("`y`") && e.contains("gold"), "{e}");
+        let twice = [rec("x", s, Some(s)), rec("x", s, Some(s))];
+        let e = paired(&twice, &a, 10, 1).unwrap_err().to_string();
+        assert!(e.contains("run A") && e.contains("twice"), "{e}");
     }
 }
