@@ -165,7 +165,7 @@ pub fn run(args: BenchArgs, g: &Global) -> Result<()> {
 
 /// The PyTorch + PEFT anchor as anchors.md records it (LoRA r16 on q, k, v, o, gate, up, down;
 /// seq 256, batch 4, fp32, 2 threads, AdamW), measured on a machine whose CPU has AMX: machines of
-/// this kind differ (an AMD Zen 4 one runs the same script at 188 tok/s), so `--peft-python`
+/// this kind differ (an AMD Zen 4 one runs the same script at 181–213 tok/s), so `--peft-python`
 /// measures it here instead.
 const PEFT_TOK_S: f64 = 315.0;
 const PEFT_PEAK_GB: f64 = 4.88;
@@ -177,7 +177,7 @@ const PEFT_SCRIPT: &str = include_str!("../../../tools/peft_train_anchor.py");
 struct Anchor {
     tok_s: f64,
     peak_gb: f64,
-    /// "torch 2.15.0, peft 0.21.2, measured here" or "anchors.md".
+    /// "torch 2.15.0, peft 0.21.2, measured here" or "anchors.md, another machine".
     source: String,
 }
 
