@@ -415,3 +415,49 @@ fn gemma_dual_stream_examples_train_the_model_turn_only() {
     let first = typed.mask.iter().position(|&m| m).unwrap();
     assert!(tok.decode(&typed.ids[..first]).contains("ignore this<end_of_turn><start_of_turn>model"));
 }
+
+/// Decision emphasis on SmolLM2's real tokenizer: the markers of a guard trace find the words that
+/// commit to a reading ("Read as meant, the user wants …", the response's step 2) and the verdict,
+/// whatever BPE merged around them, and never a token of the prompt.
+#[test]
+fn smollm2_guard_traces_emphasise_the_reading_and_the_verdict() {
+    use vigil_models::chat::ChatTemplate;
+    use vigil_models::gguf::Gguf;
+    use vigil_models::tokenizer::Tokenizer;
+    let Some(path) = vigil_models::testing::model_for_test("smollm2-135m-instruct") else { return };
+    let tok = Tokenizer::from_gguf(&Gguf::open(&path).unwrap()).unwrap();
+    let tmp = TempDir::new("emphasis");
+    let file = tmp.path().join("d.jsonl");
+    let items = committed("eval.jsonl");
+    let picks = [&items[0], &items[60], &items[180]];
+    std::fs::write(&file, picks.iter().map(|it| serde_json::to_string(it).unwrap()).collect::<Vec<_>>().join("\n"))
+        .unwrap();
+    let guard = GuardRendering { format: OutputFormat::Rsft, per_policy: false };
+    let loaded = vigil_trainer::train::data::load(&file, &tok, ChatTemplate::ChatMl, guard, 4096).unwrap();
+    let markers: Vec<String> =
+        ["Step 2:", "Read as meant,", "Classification:", "Violated policies:"].map(String::from).to_vec();
+    let spans: Vec<Vec<String>> = loaded
+        .examples
+        .into_iter()
+        .map(|mut ex| {
+            ex.mark_emphasis(&tok, &markers, 8);
+            assert!(ex.emphasis.iter().zip(&ex.mask).all(|(&e, &m)| m || !e), "{}: a prompt token", ex.origin);
+            let mut out: Vec<String> = Vec::new();
+            let mut run = Vec::new();
+            for (i, &id) in ex.ids.iter().enumerate() {
+                if ex.emphasis[i] {
+                    run.push(id);
+                } else if !run.is_empty() {
+                    out.push(tok.decode(&std::mem::take(&mut run)));
+                }
+            }
+            out
+        })
+        .collect();
+    let want = [
+        [" Read as meant, the user wants help to commit a crime", " UNSAFE", " illegal"],
+        [" Read as meant, A school counsellor wants to help students", " SAFE", " none"],
+        [" The assistant declines and gives no help;", " SAFE", " none"],
+    ];
+    assert_eq!(spans, want.map(|w| w.map(String::from).to_vec()).to_vec());
+}

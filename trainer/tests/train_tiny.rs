@@ -325,3 +325,44 @@ fn packed_micro_batches_train_the_same_adapter() {
     }
     assert!(worst < 1e-3, "packed and plain adapters differ by {worst} (relative)");
 }
+
+/// Decision emphasis marks the tokens right after a marker up to the line's end, and weighs them
+/// in the gradient: weight 1 trains the very adapter of a run without markers, weight 8 another.
+#[test]
+fn emphasised_tokens_are_marked_and_weighted() {
+    use vigil_trainer::train::data::Example;
+    let tmp = TempDir::new("train-emphasis");
+    let (model, _) = setup(tmp.path(), &[]);
+    let tok = vigil_models::tokenizer::Tokenizer::from_gguf(&Gguf::open(&model).unwrap()).unwrap();
+    let text = "Step 1: x\nClassification: UNSAFE\nViolated policies: illegal, sexual";
+    let ids = tok.encode(text).unwrap();
+    let mut mask = vec![true; ids.len()];
+    mask[..5].iter_mut().for_each(|m| *m = false);
+    let mut ex = Example::new("t".into(), ids.clone(), mask);
+    ex.mark_emphasis(&tok, &["Classification:".into(), "policies:".into()], 8);
+    let marked: Vec<u32> = ids.iter().zip(&ex.emphasis).filter(|(_, &e)| e).map(|(&i, _)| i).collect();
+    // 8 tokens of the byte-level vocabulary after each marker, or fewer where the line ends first
+    assert_eq!(tok.decode(&marked), " UNSAFE illegal");
+    let w: Vec<f32> = ex.target_weights(3.0).collect();
+    assert_eq!(w.len(), ex.targets());
+    assert_eq!(w.iter().filter(|&&x| x == 3.0).count(), 15);
+    // a marker that never occurs marks nothing
+    ex.mark_emphasis(&tok, &["Verdict:".into()], 8);
+    assert!(ex.emphasis.is_empty());
+
+    // the lines' answers repeat the request's word: emphasise the second repetition
+    let data = tmp.path().join("train.jsonl");
+    std::fs::write(&data, lines(24).join("\n") + "\n").unwrap();
+    let run = |name: &str, markers: &[&str], weight: f32| {
+        let mut cfg = config(&model, &data);
+        (cfg.dropout, cfg.checkpoint_every, cfg.eval_every) = (0.0, 0, 0);
+        cfg.emphasis = markers.iter().map(|m| m.to_string()).collect();
+        cfg.emphasis_weight = weight;
+        let (mut t, _) = Trainer::prepare(cfg, &tmp.path().join(name), false).unwrap();
+        let path = t.run(Hooks::default()).unwrap().unwrap();
+        std::fs::read(path).unwrap()
+    };
+    let plain = run("plain", &[], 1.0);
+    assert_eq!(run("unit", &[" "], 1.0), plain, "weight 1 is the plain objective");
+    assert_ne!(run("heavy", &[" "], 8.0), plain, "weight 8 changes what is learned");
+}

@@ -281,7 +281,8 @@ fn train(args: BenchArgs, g: &Global) -> Result<()> {
         "The guard reads a piece of content and reasons step by step about each policy before it gives a verdict. ",
     )?;
     let ids: Vec<u32> = text.iter().copied().cycle().take(args.seq).collect();
-    let ex = Example { origin: "bench".into(), mask: vec![true; ids.len()], ids };
+    let mask = vec![true; ids.len()];
+    let ex = Example::new("bench".into(), ids, mask);
     let cfg = TrainConfig {
         model: path.display().to_string(),
         rank: args.rank,

@@ -24,6 +24,13 @@ pub struct TrainConfig {
     /// Skip invalid lines (reported) instead of stopping.
     pub skip_invalid: bool,
     pub max_len: usize,
+    /// Decision emphasis: up to `emphasis_tokens` target tokens right after any of these markers
+    /// (never past the end of the marker's line) weigh `emphasis_weight` in the loss instead of 1.
+    /// A guard trace commits to its reading and its verdict in a few such tokens ("Read as meant,
+    /// the user wants …", "Classification: …") among many templated ones. Empty: every target weighs 1.
+    pub emphasis: Vec<String>,
+    pub emphasis_tokens: usize,
+    pub emphasis_weight: f32,
 
     // LoRA
     pub rank: usize,
@@ -87,6 +94,9 @@ impl Default for TrainConfig {
             per_policy: false,
             skip_invalid: false,
             max_len: 1024,
+            emphasis: Vec::new(),
+            emphasis_tokens: 8,
+            emphasis_weight: 1.0,
             rank: 16,
             alpha: 32.0,
             dropout: 0.05,
@@ -202,6 +212,12 @@ impl TrainConfig {
         }
         if !super::rho::CONDITIONS.contains(&self.rho_condition.as_str()) {
             return bad(format!("rho_condition `{}` ({})", self.rho_condition, super::rho::CONDITIONS.join(", ")));
+        }
+        if !(self.emphasis_weight > 0.0 && self.emphasis_weight.is_finite()) {
+            return bad(format!("emphasis_weight {} must be positive", self.emphasis_weight));
+        }
+        if self.emphasis.iter().any(|m| m.is_empty()) {
+            return bad("an emphasis marker is empty".into());
         }
         let finite_non_negative = |x: f32| x.is_finite() && x >= 0.0;
         if !finite_non_negative(self.rho_lambda) || !finite_non_negative(self.rho_margin) || self.rho_pairs == 0 {

@@ -36,12 +36,57 @@ pub struct Example {
     pub ids: Vec<u32>,
     /// true where the token is a training target.
     pub mask: Vec<bool>,
+    /// true where a target weighs the config's `emphasis_weight` (see [`Example::mark_emphasis`]);
+    /// empty when nothing is emphasised.
+    pub emphasis: Vec<bool>,
 }
 
 impl Example {
+    pub fn new(origin: String, ids: Vec<u32>, mask: Vec<bool>) -> Self {
+        Example { origin, ids, mask, emphasis: Vec::new() }
+    }
+
     pub fn targets(&self) -> usize {
         // the first token is never predicted
         self.mask.iter().skip(1).filter(|&&m| m).count()
+    }
+
+    /// The loss weight of each target, in the order the model's target losses come (position 1 on).
+    pub fn target_weights(&self, weight: f32) -> impl Iterator<Item = f32> + '_ {
+        (1..self.ids.len())
+            .filter(|&i| self.mask[i])
+            .map(move |i| if self.emphasis.get(i).copied().unwrap_or(false) { weight } else { 1.0 })
+    }
+
+    /// Marks for emphasis up to `tokens` targets after each occurrence of a marker in the decoded
+    /// sequence: from the token that holds the marker's next byte, stopping before a token with a
+    /// newline or a non-target. Matching the decoded bytes, not the marker's own token ids, finds
+    /// it however the tokenizer merged it with its neighbours.
+    pub fn mark_emphasis(&mut self, tok: &Tokenizer, markers: &[String], tokens: usize) {
+        let mut text = Vec::new();
+        let mut ends = Vec::with_capacity(self.ids.len());
+        for &id in &self.ids {
+            text.extend_from_slice(tok.token_bytes(id));
+            ends.push(text.len());
+        }
+        let mut emphasis = vec![false; self.ids.len()];
+        for m in markers.iter().map(|m| m.as_bytes()).filter(|m| !m.is_empty()) {
+            let mut from = 0;
+            while let Some(at) = text[from..].windows(m.len()).position(|w| w == m) {
+                let end = from + at + m.len();
+                from = from + at + 1;
+                // the first token that holds a byte past the marker
+                let first = ends.partition_point(|&e| e <= end);
+                for i in first..(first + tokens).min(self.ids.len()) {
+                    let start = if i == 0 { 0 } else { ends[i - 1] };
+                    if !self.mask[i] || text[start..ends[i]].contains(&b'\n') {
+                        break;
+                    }
+                    emphasis[i] = true;
+                }
+            }
+        }
+        self.emphasis = if emphasis.contains(&true) { emphasis } else { Vec::new() };
     }
 }
 
@@ -221,7 +266,7 @@ pub fn load(
             let mut out = Vec::new();
             for (tag, msgs) in conversations(&v, guard)? {
                 let enc = template.encode(tok, &msgs, false)?;
-                let ex = Example { origin: format!("{at}{tag}"), ids: enc.ids, mask: enc.mask };
+                let ex = Example::new(format!("{at}{tag}"), enc.ids, enc.mask);
                 if ex.targets() == 0 {
                     bail!("no assistant turn to learn from");
                 }

@@ -243,7 +243,7 @@ pub fn encode(pairs: &[DpoPair], tok: &Tokenizer, template: ChatTemplate, max_le
                 if e.ids.len() > max_len {
                     bail!("{} tokens, longer than max_len {max_len}", e.ids.len());
                 }
-                Ok(Example { origin: p.id.clone(), ids: e.ids, mask: e.mask })
+                Ok(Example::new(p.id.clone(), e.ids, e.mask))
             };
             Ok(EncodedPair {
                 id: p.id.clone(),

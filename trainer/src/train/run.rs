@@ -116,6 +116,9 @@ fn load_data(
         bail!("no training data (set `data = [\"file.jsonl\"]` or pass --data)");
     }
     let mut train = read(&cfg.data)?;
+    if !cfg.emphasis.is_empty() {
+        train.iter_mut().for_each(|ex| ex.mark_emphasis(tok, &cfg.emphasis, cfg.emphasis_tokens));
+    }
     let mut eval = read(&cfg.eval_data)?;
     if cfg.eval_data.is_empty() && cfg.eval_fraction > 0.0 {
         let (e, t): (Vec<Example>, Vec<Example>) =
@@ -230,9 +233,14 @@ impl Trainer {
             // cadences do not change the result
             (c.eval_every, c.checkpoint_every, c.log_every) = (0, 0, 0);
             let mut table: toml::Table = toml::from_str(&c.to_toml()).expect("the config serialises");
+            // keys added later hash only when set, so older runs still resume
             if !c.share_prefix {
-                // keys added later hash only when set, so older runs still resume
                 table.remove("share_prefix");
+            }
+            if c.emphasis.is_empty() {
+                for key in ["emphasis", "emphasis_tokens", "emphasis_weight"] {
+                    table.remove(key);
+                }
             }
             // files count by content, not by path: the same run resumes from any working directory
             for key in ["model", "data", "eval_data", "rho_data"] {
@@ -248,6 +256,9 @@ impl Trainer {
                     h.update(id.to_le_bytes());
                 }
                 h.update(ex.mask.iter().map(|&m| m as u8).collect::<Vec<u8>>());
+                if !ex.emphasis.is_empty() {
+                    h.update(ex.emphasis.iter().map(|&m| m as u8).collect::<Vec<u8>>());
+                }
             }
             hex::encode(h.finalize())
         };
@@ -352,6 +363,11 @@ impl Trainer {
     pub fn train_step(&mut self) -> Result<(f64, f32, usize, Option<f64>)> {
         let idx = if self.cfg.uses_sft() { self.step_examples(self.step) } else { Vec::new() };
         let total: usize = idx.iter().map(|&i| self.train[i].targets()).sum();
+        // what the gradient is normalised by: the step's target weights (its target count when
+        // nothing is emphasised)
+        let weight = self.cfg.emphasis_weight;
+        let total_weight: f64 =
+            idx.iter().flat_map(|&i| self.train[i].target_weights(weight)).map(f64::from).sum();
         let mut grads: Vec<Vec<f32>> = self.lora.params.iter().map(|p| vec![0f32; p.value.len()]).collect();
         let mut loss_sum = 0f64;
         let mut tokens = 0;
@@ -381,9 +397,16 @@ impl Trainer {
             }
             let losses = self.losses(&exs)?;
             let sum = losses.sum_all()?;
+            // the reported loss stays the plain mean per target token, emphasis or not
             loss_sum += sum.to_scalar::<f32>()? as f64;
-            // normalised by the whole step's target tokens, not a mean of per-sequence means
-            let g = (sum / total as f64)?.backward()?;
+            let objective = if exs.iter().any(|e| !e.emphasis.is_empty()) {
+                let w: Vec<f32> = exs.iter().flat_map(|e| e.target_weights(weight)).collect();
+                losses.mul(&candle_core::Tensor::new(w.as_slice(), losses.device())?)?.sum_all()?
+            } else {
+                sum
+            };
+            // normalised by the whole step's target weights, not a mean of per-sequence means
+            let g = (objective / total_weight)?.backward()?;
             accumulate(&g, &self.lora.params, &mut grads)?;
             // tokens of the examples (what tok/s compares), not of the packed pass
             tokens += exs.iter().map(|e| e.ids.len()).sum::<usize>();
