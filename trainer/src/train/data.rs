@@ -53,9 +53,13 @@ impl Example {
 
     /// The loss weight of each target, in the order the model's target losses come (position 1 on).
     pub fn target_weights(&self, weight: f32) -> impl Iterator<Item = f32> + '_ {
-        (1..self.ids.len())
-            .filter(|&i| self.mask[i])
-            .map(move |i| if self.emphasis.get(i).copied().unwrap_or(false) { weight } else { 1.0 })
+        (1..self.ids.len()).filter(|&i| self.mask[i]).map(move |i| {
+            if self.emphasis.get(i).copied().unwrap_or(false) {
+                weight
+            } else {
+                1.0
+            }
+        })
     }
 
     /// Marks for emphasis up to `tokens` targets after each occurrence of a marker in the decoded

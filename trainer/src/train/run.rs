@@ -366,8 +366,7 @@ impl Trainer {
         // what the gradient is normalised by: the step's target weights (its target count when
         // nothing is emphasised)
         let weight = self.cfg.emphasis_weight;
-        let total_weight: f64 =
-            idx.iter().flat_map(|&i| self.train[i].target_weights(weight)).map(f64::from).sum();
+        let total_weight: f64 = idx.iter().flat_map(|&i| self.train[i].target_weights(weight)).map(f64::from).sum();
         let mut grads: Vec<Vec<f32>> = self.lora.params.iter().map(|p| vec![0f32; p.value.len()]).collect();
         let mut loss_sum = 0f64;
         let mut tokens = 0;
