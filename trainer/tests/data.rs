@@ -373,16 +373,20 @@ fn bootstrap_traces_come_from_a_vigil_model() {
     assert!(stdout.contains(&format!("{kept} accepted")), "{stdout}");
 }
 
+/// A catalogue model's real tokenizer, or `None` where the model is not cached (a failure under
+/// VIGIL_STRICT=1).
+fn real_tokenizer(name: &str) -> Option<vigil_models::tokenizer::Tokenizer> {
+    let path = vigil_models::testing::model_for_test(name)?;
+    Some(vigil_models::tokenizer::Tokenizer::from_gguf(&vigil_models::gguf::Gguf::open(&path).unwrap()).unwrap())
+}
+
 /// Dual-stream SFT data for Gemma 3 (real tokenizer, the project's Gemma turn template): the loss
 /// covers exactly the model turn — `<think>…</answer>` and its `<end_of_turn>` — and nothing of the
 /// user turn; a user typing `<end_of_turn>` gets text tokens, not the control token.
 #[test]
 fn gemma_dual_stream_examples_train_the_model_turn_only() {
     use vigil_models::chat::ChatTemplate;
-    use vigil_models::gguf::Gguf;
-    use vigil_models::tokenizer::Tokenizer;
-    let Some(path) = vigil_models::testing::model_for_test("gemma3") else { return };
-    let tok = Tokenizer::from_gguf(&Gguf::open(&path).unwrap()).unwrap();
+    let Some(tok) = real_tokenizer("gemma3") else { return };
     let tmp = TempDir::new("gemma-dual");
     let file = tmp.path().join("d.jsonl");
     let mut items: Vec<String> =
@@ -422,10 +426,7 @@ fn gemma_dual_stream_examples_train_the_model_turn_only() {
 #[test]
 fn smollm2_guard_traces_emphasise_the_reading_and_the_verdict() {
     use vigil_models::chat::ChatTemplate;
-    use vigil_models::gguf::Gguf;
-    use vigil_models::tokenizer::Tokenizer;
-    let Some(path) = vigil_models::testing::model_for_test("smollm2-135m-instruct") else { return };
-    let tok = Tokenizer::from_gguf(&Gguf::open(&path).unwrap()).unwrap();
+    let Some(tok) = real_tokenizer("smollm2-135m-instruct") else { return };
     let tmp = TempDir::new("emphasis");
     let file = tmp.path().join("d.jsonl");
     let items = committed("eval.jsonl");
