@@ -117,6 +117,36 @@ fn committed_dataset_meets_its_requirements() {
 }
 
 #[test]
+fn train_only_families_train_and_leave_the_eval_split_alone() {
+    let Some(dir) = built() else { return };
+    let train: Vec<Item> = data::read_jsonl(&dir.join("train.jsonl")).unwrap();
+    let eval = committed("eval.jsonl");
+    let only: Vec<&Item> = train.iter().filter(|i| i.id.starts_with("authored-train-")).collect();
+    let families: BTreeSet<&str> = only.iter().map(|i| i.group.as_str()).collect();
+    assert!(only.len() >= 300 && families.len() >= 30, "{} items in {} families", only.len(), families.len());
+    assert!(only.iter().all(|i| i.group.starts_with("family:train-") && i.kind.starts_with("hard_negative/")));
+    assert!(eval.iter().all(|i| !i.id.starts_with("authored-train-")));
+    let texts: Vec<&str> = only.iter().map(|i| i.text.as_str()).collect();
+    let eval_texts: Vec<&str> = eval.iter().map(|i| i.text.as_str()).collect();
+    let near = data::split::near_duplicates(&texts, &eval_texts);
+    assert!(near.iter().all(|n| !n), "a train-only item nearly repeats an eval item");
+
+    // without them the build gives the very same eval split (and train less exactly those items)
+    let authored = TempDir::new("authored");
+    for f in std::fs::read_dir(repo_root().join("data/authored")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, authored.path().join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(authored.path().join("train_only_families.toml"), "family = []\n").unwrap();
+    let opts = build::BuildOptions { authored: authored.path().into(), out: PathBuf::new(), eval_permille: 130 };
+    let without = build::build(&opts).unwrap();
+    let ids = |v: &[Item]| v.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&without.eval), ids(&eval));
+    let rest: Vec<String> = train.iter().filter(|i| !i.id.starts_with("authored-train-")).map(|i| i.id.clone()).collect();
+    assert_eq!(ids(&without.train), rest);
+}
+
+#[test]
 fn the_trainer_reads_every_item_in_both_renderings() {
     for it in committed("eval.jsonl") {
         let v = serde_json::to_value(&it).unwrap();

