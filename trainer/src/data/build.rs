@@ -73,6 +73,11 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
     let dir = &opts.authored;
     let mut fams: Vec<Expanded> = authored::families(&dir.join("safe_families.toml"))?;
     fams.extend(authored::families(&dir.join("unsafe_families.toml"))?);
+    let extra = authored::families(&dir.join("train_only_families.toml"))?;
+    let split_families: HashSet<&str> = fams.iter().map(|e| e.family.as_str()).collect();
+    if let Some(e) = extra.iter().find(|e| split_families.contains(e.family.as_str())) {
+        anyhow::bail!("train_only_families.toml: family `{}` is also in the split's families", e.family);
+    }
     let responses = authored::responses(&dir.join("responses.toml"))?;
     let jb = authored::jailbreaks(&dir.join("jailbreaks.toml"))?;
 
@@ -161,7 +166,6 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
     }
     // Train-only families join after the split, so the eval split is the same with or without
     // them; a member that (nearly) repeats an eval item is left out rather than leak into train.
-    let extra = authored::families(&dir.join("train_only_families.toml"))?;
     let eval_texts: Vec<&str> = eval.iter().map(|it: &Item| it.text.as_str()).collect();
     let extra_texts: Vec<&str> = extra.iter().map(|e| e.text.as_str()).collect();
     let near_eval = split::near_duplicates(&extra_texts, &eval_texts);
