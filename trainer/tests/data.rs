@@ -142,7 +142,8 @@ fn train_only_families_train_and_leave_the_eval_split_alone() {
     let without = build::build(&opts).unwrap();
     let ids = |v: &[Item]| v.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&without.eval), ids(&eval));
-    let rest: Vec<String> = train.iter().filter(|i| !i.id.starts_with("authored-train-")).map(|i| i.id.clone()).collect();
+    let rest: Vec<String> =
+        train.iter().filter(|i| !i.id.starts_with("authored-train-")).map(|i| i.id.clone()).collect();
     assert_eq!(ids(&without.train), rest);
 }
 
