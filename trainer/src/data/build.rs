@@ -235,7 +235,7 @@ fn pair(d: &Draft, what: &str, label: Label, policies: Vec<Policy>, steps: Vec<S
     }
 }
 
-/// The files a build writes. `train.jsonl` (2.8 MB) is generated, not committed; the committed
+/// The files a build writes. `train.jsonl` (3.4 MB) is generated, not committed; the committed
 /// `SHA256SUMS` pins it (and every other file) to this version of the dataset.
 pub const FILES: [&str; 7] = [
     "train.jsonl",
