@@ -237,8 +237,8 @@ pub fn markdown(s: &Stats, b: &Built) -> String {
          licence, kind, group}`. When `response` is present the guard judges the response: a harmful request\n\
          answered by a refusal is SAFE, one answered by agreement is UNSAFE. `group` is the near-duplicate group\n\
          (same authored family, same request, or word-set Jaccard ≥ 0.6); a group never straddles the split.\n\
-         The families of `data/authored/train_only_families.toml` join train after the split, never eval (less any\n\
-         member close to an eval item), so they widen training without changing the eval split.\n\
+         The families of `data/authored/train_only_families.toml` join train after the split and never eval (a\n\
+         member close to an eval item is left out), so they widen training without changing the eval split.\n\
          The trainer renders items as R-SFT or dual-stream (`<think>/<proof>/<answer>`), all policies at once or one\n\
          example per policy; `vigil data render` writes those renderings as chat JSONL for other trainers.\n\n",
     );
