@@ -166,7 +166,7 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
     }
     // Train-only families join after the split, so the eval split is the same with or without
     // them; a member that (nearly) repeats an eval item is left out rather than leak into train.
-    let eval_texts: Vec<&str> = eval.iter().map(|it: &Item| it.text.as_str()).collect();
+    let eval_texts: Vec<&str> = eval.iter().map(|it| it.text.as_str()).collect();
     let extra_texts: Vec<&str> = extra.iter().map(|e| e.text.as_str()).collect();
     let near_eval = split::near_duplicates(&extra_texts, &eval_texts);
     for (e, near) in extra.into_iter().zip(near_eval) {
