@@ -24,7 +24,7 @@ pub struct BuildOptions {
 }
 
 /// The dataset version written into the card; bump it when the build changes its output.
-pub const VERSION: &str = "1.3";
+pub const VERSION: &str = "1.2";
 
 /// Share of UNSAFE requests that also appear answered by a refusal (SAFE) / by agreement (UNSAFE).
 const REFUSAL_PERCENT: u64 = 30;
