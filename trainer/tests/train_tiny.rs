@@ -88,6 +88,49 @@ fn training_lowers_the_loss_and_writes_a_usable_adapter() {
     assert!(base.iter().zip(&tuned).any(|(x, y)| (x - y).abs() > 1e-3));
 }
 
+/// `init_adapter`: a run continues from a trained adapter's weights (its eval loss at step 0 is
+/// the adapter's, not the base's) and refuses an adapter of another rank or set of targets.
+#[test]
+fn a_run_continues_from_a_trained_adapter() {
+    let tmp = TempDir::new("train-init");
+    let (model, data) = setup(tmp.path(), &lines(40));
+    let mut cfg = config(&model, &data);
+    (cfg.max_steps, cfg.eval_every, cfg.dropout) = (12, 12, 0.0);
+    let (mut t, _) = Trainer::prepare(cfg.clone(), &tmp.path().join("first"), false).unwrap();
+    let base_loss = t.eval_loss().unwrap().unwrap();
+    let adapter = t.run(Hooks::default()).unwrap().unwrap();
+    let trained_loss = t.metrics().last().unwrap().eval_loss.unwrap();
+    assert!(trained_loss < base_loss * 0.9, "{base_loss} → {trained_loss}");
+
+    let mut more = cfg.clone();
+    (more.init_adapter, more.lr) = (adapter.display().to_string(), 2e-3);
+    let (mut t, _) = Trainer::prepare(more.clone(), &tmp.path().join("second"), false).unwrap();
+    let start = t.eval_loss().unwrap().unwrap();
+    assert!(
+        (start - trained_loss).abs() < 1e-4 * trained_loss,
+        "starts at {start}, the adapter's loss is {trained_loss}"
+    );
+    let continued = t.run(Hooks::default()).unwrap().unwrap();
+    assert!(t.metrics().last().unwrap().eval_loss.unwrap() < base_loss);
+    assert_ne!(std::fs::read(&continued).unwrap(), std::fs::read(&adapter).unwrap());
+
+    for (key, value) in [("rank", "8"), ("targets", "[\"attn_q\"]"), ("alpha", "4.0")] {
+        let mut bad = more.clone();
+        match key {
+            "rank" => bad.rank = 8,
+            "alpha" => bad.alpha = 4.0,
+            _ => bad.targets = vec!["attn_q".into()],
+        }
+        let e = Trainer::prepare(bad, &tmp.path().join(format!("bad-{key}")), false).err().unwrap();
+        let e = format!("{e:#}");
+        assert!(e.contains("init_adapter") && e.contains("adapter.gguf") && e.contains("rank"), "{key}={value}: {e}");
+    }
+    let mut missing = more.clone();
+    missing.init_adapter = tmp.path().join("nope.gguf").display().to_string();
+    let e = format!("{:#}", Trainer::prepare(missing, &tmp.path().join("bad-file"), false).err().unwrap());
+    assert!(e.contains("nope.gguf"), "{e}");
+}
+
 #[test]
 fn an_interrupted_run_resumes_to_the_same_adapter_bytes() {
     for eight_bit in [false, true] {

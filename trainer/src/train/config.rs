@@ -41,6 +41,10 @@ pub struct TrainConfig {
     /// Base weights: "f32" (dequantized), "bf16" (rounded to bf16; fastest on CPUs with AMX tiles or AVX512-BF16),
     /// "quantized" (QLoRA: as stored in the GGUF).
     pub base_weights: String,
+    /// Start from a trained GGUF LoRA adapter instead of PEFT's initialisation (continued training,
+    /// e.g. the shipped guard on more data); its rank, alpha and targets must equal the config's.
+    /// Empty: a fresh adapter.
+    pub init_adapter: String,
 
     // optimisation
     pub lr: f32,
@@ -102,6 +106,7 @@ impl Default for TrainConfig {
             dropout: 0.05,
             targets: vigil_models::lora::TARGETS.iter().map(|s| s.to_string()).collect(),
             base_weights: "f32".into(),
+            init_adapter: String::new(),
             lr: 2e-4,
             epochs: 1.0,
             max_steps: 0,
@@ -164,6 +169,11 @@ impl TrainConfig {
                             *p = absolute(&dir.join(p.as_str())).display().to_string();
                         }
                     }
+                }
+            }
+            if let Some(toml::Value::String(p)) = t.get_mut("init_adapter") {
+                if !p.is_empty() {
+                    *p = absolute(&dir.join(p.as_str())).display().to_string();
                 }
             }
             table.extend(t);

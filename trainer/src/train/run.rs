@@ -148,6 +148,44 @@ pub(crate) fn shared_prefix(exs: &[&Example]) -> usize {
         .unwrap_or(0)
 }
 
+/// The trainable parameters of `cfg.init_adapter` (and the file's bytes, for the fingerprint),
+/// refused unless the adapter was made for this architecture with the config's rank, alpha and
+/// targets: continuing under other settings would silently rescale or drop its update.
+fn init_from_adapter(cfg: &TrainConfig, model: &Llama) -> Result<(LoraParams, Vec<u8>)> {
+    let path = Path::new(&cfg.init_adapter);
+    let bytes = std::fs::read(path).with_context(|| format!("init_adapter: reading {}", path.display()))?;
+    let adapter = vigil_models::lora::LoraAdapter::from_gguf(&Gguf::open(path)?)
+        .with_context(|| format!("init_adapter: loading {}", path.display()))?;
+    let arch = model.config().arch.name();
+    if adapter.arch != arch {
+        bail!("init_adapter {}: made for a `{}` model, this base is `{arch}`", path.display(), adapter.arch);
+    }
+    let lora = LoraParams::from_adapter(model, &adapter)?;
+    // the layers a fresh run of this config would train, in model order
+    let wanted: Vec<String> = model
+        .lora_targets()
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .filter(|n| cfg.targets.iter().any(|t| n.contains(&format!(".{t}."))))
+        .collect();
+    let has: Vec<&String> = lora.layers.iter().map(|(n, _, _)| n).collect();
+    if lora.rank != cfg.rank || lora.alpha != cfg.alpha || has != wanted.iter().collect::<Vec<_>>() {
+        bail!(
+            "init_adapter {}: rank {}, alpha {} on {} layers, but the config asks for rank {}, alpha {} on {} layers \
+             ({}): set rank, alpha and targets to the adapter's",
+            path.display(),
+            lora.rank,
+            lora.alpha,
+            has.len(),
+            cfg.rank,
+            cfg.alpha,
+            wanted.len(),
+            cfg.targets.join(", ")
+        );
+    }
+    Ok((lora, bytes))
+}
+
 impl Trainer {
     /// Loads the model and data and sets up a fresh run in `dir` (or resumes the checkpoint
     /// there when `resume`).
@@ -216,7 +254,11 @@ impl Trainer {
     ) -> Result<Self> {
         cfg.check()?;
         let mut model = Llama::load(g, super::config::weight_mode(&cfg.base_weights)?, &Device::Cpu)?;
-        let lora = LoraParams::init(&model, &cfg.targets, cfg.rank, cfg.alpha, cfg.seed)?;
+        let (lora, init_bytes) = if cfg.init_adapter.is_empty() {
+            (LoraParams::init(&model, &cfg.targets, cfg.rank, cfg.alpha, cfg.seed)?, Vec::new())
+        } else {
+            init_from_adapter(&cfg, &model)?
+        };
         lora.attach(&mut model, cfg.dropout)?;
         let moments = lora.params.iter().map(|p| Moments::new(p.value.len(), cfg.adam_8bit)).collect();
 
@@ -242,11 +284,17 @@ impl Trainer {
                     table.remove(key);
                 }
             }
+            // the starting adapter counts by content (below), like the data
+            table.remove("init_adapter");
             // files count by content, not by path: the same run resumes from any working directory
             for key in ["model", "data", "eval_data", "rho_data"] {
                 table.remove(key);
             }
             h.update(toml::to_string_pretty(&table).expect("a TOML table serialises"));
+            if !init_bytes.is_empty() {
+                h.update(b"init_adapter");
+                h.update(Sha256::digest(&init_bytes));
+            }
             for t in g.tensors() {
                 h.update(format!("{}:{:?}:{:?};", t.name, t.ty, t.dims));
                 h.update(g.tensor_bytes(t));
