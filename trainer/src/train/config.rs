@@ -305,6 +305,9 @@ mod tests {
         std::fs::write(&f, "data = [\"train.jsonl\", \"/abs/x.jsonl\"]\n").unwrap();
         let c = TrainConfig::resolve("default", Some(&f), &[]).unwrap();
         assert_eq!(c.data, [dir.join("train.jsonl"), PathBuf::from("/abs/x.jsonl")]);
+        std::fs::write(&f, "init_adapter = \"guard.gguf\"\n").unwrap();
+        let c = TrainConfig::resolve("default", Some(&f), &[]).unwrap();
+        assert_eq!(PathBuf::from(c.init_adapter), dir.join("guard.gguf"));
 
         std::fs::write(&f, "rnak = 4\n").unwrap();
         let e = format!("{:#}", TrainConfig::resolve("default", Some(&f), &[]).unwrap_err());
