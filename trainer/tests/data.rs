@@ -124,7 +124,11 @@ fn train_only_families_train_and_leave_the_eval_split_alone() {
     let only: Vec<&Item> = train.iter().filter(|i| i.id.starts_with("authored-train-")).collect();
     let families: BTreeSet<&str> = only.iter().map(|i| i.group.as_str()).collect();
     assert!(only.len() >= 300 && families.len() >= 30, "{} items in {} families", only.len(), families.len());
-    assert!(only.iter().all(|i| i.group.starts_with("family:train-") && i.kind.starts_with("hard_negative/")));
+    assert!(only.iter().all(|i| i.group.starts_with("family:train-")));
+    // both readings: benign hard negatives and harmful requests of the weakest-named policies
+    let harmful = only.iter().filter(|i| i.kind.starts_with("authored_harmful/")).count();
+    let benign = only.iter().filter(|i| i.kind.starts_with("hard_negative/")).count();
+    assert!(harmful >= 100 && benign >= 300 && harmful + benign == only.len(), "{harmful} harmful, {benign} benign");
     assert!(eval.iter().all(|i| !i.id.starts_with("authored-train-")));
     let texts: Vec<&str> = only.iter().map(|i| i.text.as_str()).collect();
     let eval_texts: Vec<&str> = eval.iter().map(|i| i.text.as_str()).collect();
@@ -145,6 +149,24 @@ fn train_only_families_train_and_leave_the_eval_split_alone() {
     let rest: Vec<String> =
         train.iter().filter(|i| !i.id.starts_with("authored-train-")).map(|i| i.id.clone()).collect();
     assert_eq!(ids(&without.train), rest);
+}
+
+#[test]
+fn sharegpt_plain_requests_train_only_as_safe() {
+    let Some(dir) = built() else { return };
+    let train: Vec<Item> = data::read_jsonl(&dir.join("train.jsonl")).unwrap();
+    let eval = committed("eval.jsonl");
+    let plain: Vec<&Item> = train.iter().filter(|i| i.source == "sharegpt").collect();
+    assert!(plain.len() >= 450, "{} ShareGPT requests", plain.len());
+    assert!(eval.iter().all(|i| i.source != "sharegpt"));
+    for i in &plain {
+        assert!(i.label == Label::Safe && i.policies.is_empty() && i.kind == "request/benign", "{}", i.id);
+        assert!(i.response.is_none() && i.text.len() <= 200 && !i.text.contains('\n'), "{}", i.id);
+        assert!(data::sources::keyword_policies(&i.text).is_empty(), "a keyword rule fires on {:?}", i.text);
+    }
+    let texts: Vec<&str> = plain.iter().map(|i| i.text.as_str()).collect();
+    let eval_texts: Vec<&str> = eval.iter().map(|i| i.text.as_str()).collect();
+    assert!(data::split::near_duplicates(&texts, &eval_texts).iter().all(|n| !n));
 }
 
 #[test]

