@@ -150,39 +150,30 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
             train.push(it)
         }
     }
-    // Train-only families join after the split, so the eval split is the same with or without
-    // them; a member that (nearly) repeats an eval item is left out rather than leak into train.
-    let eval_texts: Vec<&str> = eval.iter().map(|it| it.text.as_str()).collect();
-    let extra_texts: Vec<&str> = extra.iter().map(|e| e.text.as_str()).collect();
-    let near_eval = split::near_duplicates(&extra_texts, &eval_texts);
-    for (e, near) in extra.into_iter().zip(near_eval) {
+    // Train-only items join after the split, so the eval split is the same with or without them;
+    // one that (nearly) repeats an eval item is left out rather than leak into train. They are the
+    // train-only families and ShareGPT's plain requests (most false positives are plain requests,
+    // and the imported requests were harmful 4 to 1; eval keeps its own benign sources).
+    let families = extra.into_iter().map(|e| {
         let key = norm(&e.text);
-        if near {
-            *left_out.entry("train-only item close to an eval item".into()).or_default() += 1;
-            continue;
-        }
-        if !seen.insert(key.clone()) {
-            *left_out.entry("exact repeat of an earlier item".into()).or_default() += 1;
-            continue;
-        }
-        let group = format!("family:{}", e.family);
-        train.push(Item { group, ..family_item(e, &key) });
-    }
-    // ShareGPT's plain requests train only too: most false positives are plain requests, and the
-    // imported requests were harmful 4 to 1; eval keeps its own benign sources.
-    let plain_texts: Vec<&str> = plain.iter().map(|s| s.text.as_str()).collect();
-    let near_eval = split::near_duplicates(&plain_texts, &eval_texts);
-    for (s, near) in plain.into_iter().zip(near_eval) {
+        Item { group: format!("family:{}", e.family), ..family_item(e, &key) }
+    });
+    let requests = plain.into_iter().map(|s| {
         let key = norm(&s.text);
+        Item { group: format!("text:{}", hash8(&key)), ..source_item(s, &key) }
+    });
+    let train_only: Vec<Item> = families.chain(requests).collect();
+    let eval_texts: Vec<&str> = eval.iter().map(|it| it.text.as_str()).collect();
+    let only_texts: Vec<&str> = train_only.iter().map(|it| it.text.as_str()).collect();
+    let near_eval = split::near_duplicates(&only_texts, &eval_texts);
+    for (it, near) in train_only.into_iter().zip(near_eval) {
         if near {
             *left_out.entry("train-only item close to an eval item".into()).or_default() += 1;
-            continue;
-        }
-        if !seen.insert(key.clone()) {
+        } else if !seen.insert(norm(&it.text)) {
             *left_out.entry("exact repeat of an earlier item".into()).or_default() += 1;
-            continue;
+        } else {
+            train.push(it);
         }
-        train.push(Item { group: format!("text:{}", hash8(&key)), ..source_item(s, &key) });
     }
     train.sort_by(|a, b| a.id.cmp(&b.id));
     eval.sort_by(|a, b| a.id.cmp(&b.id));
